@@ -1,0 +1,1 @@
+//! The pure lease engine: no I/O, an injected clock.

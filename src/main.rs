@@ -1,0 +1,64 @@
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// lockfs keeps programs that share a state directory from losing each other's updates.
+///
+/// It mounts a FUSE filesystem over the directory itself. Every process that reads a file
+/// and then saves it (in place, or through a temp file and a rename) holds a lease on that
+/// file for the whole cycle; other processes wait their turn in arrival order.
+#[derive(Parser)]
+#[command(name = "lockfs", version, propagate_version = true)]
+struct Cli {
+    /// More log output (-v info, -vv debug, -vvv trace). RUST_LOG overrides it.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Log format: text for people, json for log shippers.
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: lockfs::options::LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mount lockfs over DIR (on the same path); returns once the mount is ready.
+    Mount(lockfs::overlay::MountArgs),
+    /// Unmount a lockfs mount, also one whose daemon died.
+    #[command(alias = "umount")]
+    Unmount(lockfs::overlay::UnmountArgs),
+    /// Show which files are leased, by whom, who waits, and the counters.
+    Status(lockfs::control::StatusArgs),
+    /// Revoke the lease on a file by hand; the holder's late commit is then refused.
+    Break(lockfs::control::BreakArgs),
+    /// Check this machine for what lockfs needs and explain what is wrong.
+    Doctor(lockfs::doctor::DoctorArgs),
+    /// Run the lease engine as a local daemon for programs that cannot use a mount.
+    Serve(lockfs::proxy::ServeArgs),
+    /// Run a command whose Node file access goes through a `lockfs serve` daemon.
+    Run(lockfs::proxy::RunArgs),
+    /// Show what lockfs does: racing writers on a temp dir, without and with the mount.
+    Demo(lockfs::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    lockfs::options::init_tracing(cli.verbose, cli.log_format);
+    let result = match cli.command {
+        Command::Mount(args) => lockfs::overlay::mount_command(args),
+        Command::Unmount(args) => lockfs::overlay::unmount_command(args),
+        Command::Status(args) => lockfs::control::status_command(args),
+        Command::Break(args) => lockfs::control::break_command(args),
+        Command::Doctor(args) => lockfs::doctor::doctor_command(args),
+        Command::Serve(args) => lockfs::proxy::serve_command(args),
+        Command::Run(args) => lockfs::proxy::run_command(args),
+        Command::Demo(args) => lockfs::demo::demo_command(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("lockfs: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

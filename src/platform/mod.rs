@@ -1,0 +1,1 @@
+//! Platform facts behind small interfaces: thread to process, start time, exit watch.

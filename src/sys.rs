@@ -1,0 +1,1 @@
+//! Safe wrappers over the *at() syscalls the overlay and the proxy use.
