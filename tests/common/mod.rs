@@ -1,0 +1,118 @@
+//! Shared test support: mounts that are always unmounted, and helpers to run real writers.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");
+
+/// A lockfs mount over a directory inside a temp dir; unmounted on drop, even on panic.
+pub struct MountGuard {
+    pub dir: PathBuf,
+    mounted: bool,
+}
+
+impl MountGuard {
+    /// Mounts lockfs over `dir` (which must live in a temp dir) with extra `args`.
+    pub fn mount(dir: &Path, args: &[&str]) -> MountGuard {
+        assert!(
+            dir.starts_with(std::env::temp_dir()),
+            "tests mount only inside the temp dir, not {}",
+            dir.display()
+        );
+        let output = Command::new(LOCKFS)
+            .arg("mount")
+            .arg(dir)
+            .args(args)
+            .output()
+            .expect("run lockfs mount");
+        assert!(
+            output.status.success(),
+            "lockfs mount failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        MountGuard {
+            dir: dir.to_path_buf(),
+            mounted: true,
+        }
+    }
+
+    /// Unmounts now and returns what `lockfs unmount` printed.
+    pub fn unmount(&mut self) -> Output {
+        let output = lockfs(&["unmount", self.dir.to_str().unwrap()]);
+        if output.status.success() {
+            self.mounted = false;
+        }
+        output
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if !self.mounted {
+            return;
+        }
+        let ok = lockfs(&["unmount", self.dir.to_str().unwrap()])
+            .status
+            .success();
+        if !ok || is_mounted(&self.dir) {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+pub fn lockfs(args: &[&str]) -> Output {
+    Command::new(LOCKFS).args(args).output().expect("run lockfs")
+}
+
+/// Whether `dir` is a mount point now, from /proc/self/mountinfo.
+pub fn is_mounted(dir: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .any(|mount_point| Path::new(&unescape_mount_path(mount_point)) == dir)
+}
+
+fn unescape_mount_path(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let code: String = chars.by_ref().take(3).collect();
+            match u8::from_str_radix(&code, 8) {
+                Ok(byte) => out.push(byte as char),
+                Err(_) => {
+                    out.push('\\');
+                    out.push_str(&code);
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A fresh temp dir with a `state` directory inside it to mount over.
+pub fn state_dir() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::Builder::new()
+        .prefix("lockfs-test")
+        .tempdir()
+        .unwrap();
+    let state = tmp.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    (tmp, state)
+}
+
+/// Polls `condition` until it holds or `limit` passes (a hang guard, not a timing assertion).
+pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    condition()
+}
