@@ -86,6 +86,9 @@ enum Mode {
         read_done_at: Option<Duration>,
         /// Set when the holder died leaving a temp file: the token of that file.
         bound: Option<u64>,
+        /// The last use ended without touching the file (its open was retried): a read
+        /// by the holder continues this cycle instead of queueing behind it.
+        reopen: bool,
     },
     Shared {
         holders: BTreeMap<Holder, u32>,
@@ -109,17 +112,33 @@ struct Waiter {
 }
 
 #[derive(Debug, Default)]
-struct Entry {
+pub(super) struct Entry {
     generation: u64,
     lease: Option<Lease>,
     queue: VecDeque<Waiter>,
     gaps: GapHistory,
+    /// How many processes have a `seen` record for this file.
+    seen_by: u32,
+}
+
+impl Entry {
+    /// Nothing would be lost by forgetting this file: generation 0 and no history are
+    /// equivalent to it, since no process has seen it and nobody holds or waits.
+    fn is_idle(&self) -> bool {
+        self.lease.is_none() && self.queue.is_empty() && self.seen_by == 0 && self.gaps.is_empty()
+    }
+}
+
+fn entry_seen_by<K: Eq + Hash>(entries: &mut HashMap<K, Entry>, key: &K, delta: i32) {
+    if let Some(entry) = entries.get_mut(key) {
+        entry.seen_by = entry.seen_by.saturating_add_signed(delta);
+    }
 }
 
 /// Per-file FIFO leases. `K` names a file (a path, or a parent inode and a name).
 pub struct Engine<K> {
     policy: Policy,
-    entries: HashMap<K, Entry>,
+    pub(super) entries: HashMap<K, Entry>,
     active: HashMap<LeaseId, K>,
     waiting: HashMap<WaitId, K>,
     /// The newest generation each process has seen of a file it read (by reading it or by
@@ -191,6 +210,22 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                     *idle_since = None;
                     Join::Joined(lease.id)
                 }
+                (
+                    Mode::Exclusive {
+                        holder: current,
+                        uses,
+                        idle_since,
+                        bound: None,
+                        reopen: reopen @ true,
+                        ..
+                    },
+                    Intent::Read,
+                ) if *current == holder => {
+                    *uses += 1;
+                    *reopen = false;
+                    *idle_since = None;
+                    Join::Joined(lease.id)
+                }
                 (Mode::Shared { holders }, Intent::Append) if queue_empty => {
                     *holders.entry(holder).or_default() += 1;
                     Join::Joined(lease.id)
@@ -243,6 +278,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 idle_since: None,
                 read_done_at: None,
                 bound: None,
+                reopen: false,
             },
         };
         entry.lease = Some(Lease {
@@ -258,8 +294,13 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             Intent::Write => self.seen.contains_key(&(key.clone(), holder)),
             Intent::Append => false,
         };
-        if refreshes {
-            self.seen.insert((key.clone(), holder), generation);
+        if refreshes
+            && self
+                .seen
+                .insert((key.clone(), holder), generation)
+                .is_none()
+        {
+            entry_seen_by(&mut self.entries, key, 1);
         }
         Grant {
             lease: id,
@@ -336,6 +377,59 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             self.grant_waiters(now, &key, &mut actions);
         }
         actions
+    }
+
+    /// Ends a use that did not touch the file (an open answered with a retry): the holder
+    /// keeps the lease for a moment, and its next read continues this cycle.
+    pub fn finish_unused(
+        &mut self,
+        now: Duration,
+        lease: LeaseId,
+        holder: Holder,
+    ) -> Vec<Action<K>> {
+        let Some(key) = self.active.get(&lease).cloned() else {
+            return Vec::new();
+        };
+        let entry = self
+            .entries
+            .get_mut(&key)
+            .expect("active lease has an entry");
+        if let Some(Lease {
+            mode:
+                Mode::Exclusive {
+                    holder: current,
+                    uses,
+                    idle_since,
+                    reopen,
+                    ..
+                },
+            ..
+        }) = entry.lease.as_mut()
+            && *current == holder
+        {
+            *uses = uses.saturating_sub(1);
+            if *uses == 0 {
+                *idle_since = Some(now);
+                *reopen = true;
+            }
+            return Vec::new();
+        }
+        self.finish(now, lease, holder, false)
+    }
+
+    /// The files `holder` holds a lease on.
+    pub fn leases_of(&self, holder: Holder) -> Vec<K> {
+        self.active
+            .values()
+            .filter(
+                |key| match self.entries[*key].lease.as_ref().map(|lease| &lease.mode) {
+                    Some(Mode::Exclusive { holder: h, .. }) => *h == holder,
+                    Some(Mode::Shared { holders }) => holders.contains_key(&holder),
+                    None => false,
+                },
+            )
+            .cloned()
+            .collect()
     }
 
     /// The holder did something that belongs to its cycles (wrote a temp file): its
@@ -450,7 +544,22 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             }
             self.grant_waiters(now, &key, &mut actions);
         }
-        self.seen.retain(|(_, h), _| *h != holder);
+        let entries = &mut self.entries;
+        self.seen.retain(|(key, h), _| {
+            if *h == holder {
+                entry_seen_by(entries, key, -1);
+            }
+            *h != holder
+        });
+        let idle: Vec<K> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.is_idle())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in idle {
+            self.entries.remove(&key);
+        }
         actions
     }
 
@@ -692,10 +801,18 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         self.end_lease(key);
     }
 
+    /// Ends the lease on `key`; forgets a file that nothing refers to any more, so that
+    /// the table does not grow with every temp file ever written.
     fn end_lease(&mut self, key: &K) {
         let entry = self.entries.get_mut(key).expect("entry exists");
         if let Some(lease) = entry.lease.take() {
             self.active.remove(&lease.id);
+        }
+    }
+
+    fn forget_if_idle(&mut self, key: &K) {
+        if self.entries.get(key).is_some_and(Entry::is_idle) {
+            self.entries.remove(key);
         }
     }
 
@@ -745,6 +862,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 grant,
             });
         }
+        self.forget_if_idle(key);
     }
 
     fn fresh_id(&mut self) -> u64 {

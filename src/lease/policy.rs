@@ -43,6 +43,10 @@ impl GapHistory {
         self.next = (self.next + 1) % self.recent.len();
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.recent.iter().all(Duration::is_zero)
+    }
+
     pub(crate) fn linger(&self, policy: &Policy) -> Duration {
         let largest = self.recent.iter().max().copied().unwrap_or_default();
         (largest * policy.linger_gap_factor)

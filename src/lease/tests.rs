@@ -362,6 +362,34 @@ fn the_snapshot_shows_holders_states_and_waiters_in_order() {
     assert_eq!(view.waiters[0].waited, ms(20));
 }
 
+#[test]
+fn a_retried_open_continues_the_cycle_instead_of_queueing() {
+    let mut e = engine();
+    let first = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    e.finish_unused(ms(1), first.lease, A);
+    let retry = granted(e.acquire(ms(1), &"s", A, Intent::Read, None));
+    assert_eq!(retry.lease, first.lease);
+    e.finish(ms(2), retry.lease, A, false);
+    queued(e.acquire(ms(3), &"s", A, Intent::Read, None));
+}
+
+#[test]
+fn files_nobody_refers_to_are_forgotten() {
+    let mut e = engine();
+    for n in 0..100u64 {
+        let name: &'static str = Box::leak(format!("tmp{n}").into_boxed_str());
+        let w = granted(e.acquire(ms(n), &name, A, Intent::Write, None));
+        e.finish(ms(n), w.lease, A, true);
+    }
+    let r = granted(e.acquire(ms(200), &"store", A, Intent::Read, None));
+    e.finish(ms(201), r.lease, A, false);
+    e.tick(ms(1000));
+    assert_eq!(e.entries.len(), 1, "only the file A has read is remembered");
+    assert_eq!(e.leases_of(A), Vec::<&str>::new());
+    e.holder_exited(ms(1001), A, &[]);
+    assert!(e.entries.is_empty());
+}
+
 /// One step of a random schedule.
 #[derive(Clone, Debug)]
 enum Step {
@@ -393,8 +421,8 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         4 => (0..3usize, 0..2usize, 0..3u8)
             .prop_map(|(holder, key, intent)| Step::Acquire { holder, key, intent }),
-        4 => (0..3usize, 0..4usize, any::<bool>())
-            .prop_map(|(holder, pick, wrote)| Step::Finish { holder, pick, wrote }),
+        4 => (0..3usize, 0..4usize, 0..3u8)
+            .prop_map(|(holder, pick, how)| Step::Finish { holder, pick, how }),
         2 => (1..400u64).prop_map(|millis| Step::Advance { millis }),
         1 => (0..3usize).prop_map(|holder| Step::Exit { holder }),
         1 => (0..4usize).prop_map(|pick| Step::Cancel { pick }),
@@ -475,7 +503,7 @@ proptest! {
                         Admission::Fenced => {}
                     }
                 }
-                Step::Finish { holder, pick, wrote } => {
+                Step::Finish { holder, pick, how } => {
                     if world.uses[holder].is_empty() {
                         continue;
                     }
@@ -486,7 +514,12 @@ proptest! {
                         .iter()
                         .any(|v| v.key == KEYS[key] && v.state == LeaseState::Appending);
                     let before = e.generation(&KEYS[key]);
-                    let actions = e.finish(now, grant.lease, world.holders[holder], wrote);
+                    let process = world.holders[holder];
+                    let actions = match how {
+                        0 => e.finish(now, grant.lease, process, false),
+                        1 => e.finish(now, grant.lease, process, true),
+                        _ => e.finish_unused(now, grant.lease, process),
+                    };
                     let after = e.generation(&KEYS[key]);
                     if after != before && !shared {
                         // Blind writers (never read the file) are not fenced, by design.
