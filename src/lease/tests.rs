@@ -401,7 +401,7 @@ enum Step {
     Finish {
         holder: usize,
         pick: usize,
-        wrote: bool,
+        how: u8,
     },
     Advance {
         millis: u64,
