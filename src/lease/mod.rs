@@ -1,1 +1,24 @@
-//! The pure lease engine: no I/O, an injected clock.
+//! The pure lease engine: per-file FIFO queues of leases held by processes.
+//!
+//! No I/O and no clock of its own: every call takes `now` (time since an arbitrary epoch)
+//! and returns what the front end must do. The FUSE overlay and the proxy daemon both feed
+//! it events and act on its [`Action`]s.
+//!
+//! A *cycle* is one process's load-modify-save on one file. It starts when the process
+//! opens the file (a read, a write, or a rename onto it) and ends at its commit (the close
+//! of a handle that wrote, or a rename onto the file), at a linger after its last handle
+//! closed without a write, at the holder's exit, or at the maximum hold (a revocation).
+
+mod engine;
+mod policy;
+mod view;
+
+pub use engine::{Action, Admission, Engine, Grant, Intent, LeaseId, WaitId};
+pub use policy::Policy;
+pub use view::{Counters, EndReason, HolderView, LeaseState, LeaseView, WaiterView};
+
+/// A holder is a process, named by pid and start time.
+pub type Holder = crate::platform::ProcessId;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,872 @@
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::Hash;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::Holder;
+use super::policy::{GapHistory, Policy};
+use super::view::{Counters, EndReason, HolderView, LeaseState, LeaseView, WaiterView};
+
+/// What a request wants to do with a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Intent {
+    /// Open for reading: starts a cycle. A holder that reads again queues behind itself.
+    Read,
+    /// Open for writing, truncate, rename onto, unlink: joins the holder's cycle.
+    Write,
+    /// Open with O_APPEND: shared with other appenders, exclusive of cycles.
+    Append,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct LeaseId(pub u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct WaitId(pub u64);
+
+/// A granted lease; pass `lease` back to [`Engine::finish`] when the use ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub lease: LeaseId,
+    /// The file's generation when granted: what this use sees.
+    pub generation: u64,
+}
+
+/// The answer to [`Engine::acquire`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Granted(Grant),
+    /// Parked: the answer comes later as an [`Action`] naming this wait.
+    Queued(WaitId),
+    /// A write by a holder whose last view of the file is older than the file.
+    Fenced,
+}
+
+/// What the front end must do after an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action<K> {
+    Granted {
+        wait: WaitId,
+        grant: Grant,
+    },
+    Fenced {
+        wait: WaitId,
+    },
+    TimedOut {
+        wait: WaitId,
+    },
+    /// The waiter's process exited; answer its request so the kernel can let it go.
+    Abandoned {
+        wait: WaitId,
+    },
+    Revoked {
+        key: K,
+        holder: Holder,
+        reason: EndReason,
+    },
+}
+
+enum Join {
+    Start,
+    Joined(LeaseId),
+    Queue,
+}
+
+#[derive(Debug)]
+enum Mode {
+    Exclusive {
+        holder: Holder,
+        uses: u32,
+        writing: bool,
+        /// When the last use ended; the linger runs from here.
+        idle_since: Option<Duration>,
+        /// When the last read use ended, for the read-to-commit gap.
+        read_done_at: Option<Duration>,
+        /// Set when the holder died leaving a temp file: the token of that file.
+        bound: Option<u64>,
+        /// The last use ended without touching the file (its open was retried): a read
+        /// by the holder continues this cycle instead of queueing behind it.
+        reopen: bool,
+    },
+    Shared {
+        holders: BTreeMap<Holder, u32>,
+    },
+}
+
+#[derive(Debug)]
+struct Lease {
+    id: LeaseId,
+    mode: Mode,
+    granted_at: Duration,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: WaitId,
+    holder: Holder,
+    intent: Intent,
+    since: Duration,
+    deadline: Duration,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Entry {
+    generation: u64,
+    lease: Option<Lease>,
+    queue: VecDeque<Waiter>,
+    gaps: GapHistory,
+    /// How many processes have a `seen` record for this file.
+    seen_by: u32,
+}
+
+impl Entry {
+    /// Nothing would be lost by forgetting this file: generation 0 and no history are
+    /// equivalent to it, since no process has seen it and nobody holds or waits.
+    fn is_idle(&self) -> bool {
+        self.lease.is_none() && self.queue.is_empty() && self.seen_by == 0 && self.gaps.is_empty()
+    }
+}
+
+fn entry_seen_by<K: Eq + Hash>(entries: &mut HashMap<K, Entry>, key: &K, delta: i32) {
+    if let Some(entry) = entries.get_mut(key) {
+        entry.seen_by = entry.seen_by.saturating_add_signed(delta);
+    }
+}
+
+/// Per-file FIFO leases. `K` names a file (a path, or a parent inode and a name).
+pub struct Engine<K> {
+    policy: Policy,
+    pub(super) entries: HashMap<K, Entry>,
+    active: HashMap<LeaseId, K>,
+    waiting: HashMap<WaitId, K>,
+    /// The newest generation each process has seen of a file it read (by reading it or by
+    /// its own commit). A write from a process whose view is older is refused.
+    seen: HashMap<(K, Holder), u64>,
+    counters: Counters,
+    next_id: u64,
+}
+
+impl<K: Clone + Eq + Hash> Engine<K> {
+    pub fn new(policy: Policy) -> Self {
+        Engine {
+            policy,
+            entries: HashMap::new(),
+            active: HashMap::new(),
+            waiting: HashMap::new(),
+            seen: HashMap::new(),
+            counters: Counters::default(),
+            next_id: 1,
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The file's generation: how many commits it has seen since the engine started.
+    pub fn generation(&self, key: &K) -> u64 {
+        self.entries.get(key).map_or(0, |entry| entry.generation)
+    }
+
+    /// Asks for a lease on `key`. `max_wait` overrides the policy's waiter limit.
+    pub fn acquire(
+        &mut self,
+        now: Duration,
+        key: &K,
+        holder: Holder,
+        intent: Intent,
+        max_wait: Option<Duration>,
+    ) -> Admission {
+        let generation = self.generation(key);
+        if intent == Intent::Write && self.is_stale(key, holder, generation) {
+            self.counters.fenced_commits += 1;
+            return Admission::Fenced;
+        }
+        let entry = self.entries.entry(key.clone()).or_default();
+        let queue_empty = entry.queue.is_empty();
+        let joined = match entry.lease.as_mut() {
+            None if queue_empty => Join::Start,
+            None => Join::Queue,
+            Some(lease) => match (&mut lease.mode, intent) {
+                (
+                    Mode::Exclusive {
+                        holder: current,
+                        uses,
+                        writing,
+                        idle_since,
+                        bound: None,
+                        ..
+                    },
+                    Intent::Write | Intent::Append,
+                ) if *current == holder => {
+                    *uses += 1;
+                    *writing = true;
+                    *idle_since = None;
+                    Join::Joined(lease.id)
+                }
+                (
+                    Mode::Exclusive {
+                        holder: current,
+                        uses,
+                        idle_since,
+                        bound: None,
+                        reopen: reopen @ true,
+                        ..
+                    },
+                    Intent::Read,
+                ) if *current == holder => {
+                    *uses += 1;
+                    *reopen = false;
+                    *idle_since = None;
+                    Join::Joined(lease.id)
+                }
+                (Mode::Shared { holders }, Intent::Append) if queue_empty => {
+                    *holders.entry(holder).or_default() += 1;
+                    Join::Joined(lease.id)
+                }
+                _ => Join::Queue,
+            },
+        };
+        let grant = match joined {
+            Join::Joined(lease) => Grant { lease, generation },
+            Join::Start => self.start_lease(now, key, holder, intent),
+            Join::Queue => return self.enqueue(now, key, holder, intent, max_wait),
+        };
+        Admission::Granted(grant)
+    }
+
+    fn enqueue(
+        &mut self,
+        now: Duration,
+        key: &K,
+        holder: Holder,
+        intent: Intent,
+        max_wait: Option<Duration>,
+    ) -> Admission {
+        let id = WaitId(self.fresh_id());
+        let deadline = now + max_wait.unwrap_or(self.policy.max_wait);
+        let entry = self.entries.get_mut(key).expect("entry exists");
+        entry.queue.push_back(Waiter {
+            id,
+            holder,
+            intent,
+            since: now,
+            deadline,
+        });
+        self.waiting.insert(id, key.clone());
+        self.counters.waits += 1;
+        Admission::Queued(id)
+    }
+
+    fn start_lease(&mut self, now: Duration, key: &K, holder: Holder, intent: Intent) -> Grant {
+        let id = LeaseId(self.fresh_id());
+        let entry = self.entries.get_mut(key).expect("entry exists");
+        let mode = match intent {
+            Intent::Append => Mode::Shared {
+                holders: BTreeMap::from([(holder, 1)]),
+            },
+            Intent::Read | Intent::Write => Mode::Exclusive {
+                holder,
+                uses: 1,
+                writing: intent == Intent::Write,
+                idle_since: None,
+                read_done_at: None,
+                bound: None,
+                reopen: false,
+            },
+        };
+        entry.lease = Some(Lease {
+            id,
+            mode,
+            granted_at: now,
+        });
+        let generation = entry.generation;
+        self.active.insert(id, key.clone());
+        // A write was checked not stale before it got here; an append sees nothing.
+        let refreshes = match intent {
+            Intent::Read => true,
+            Intent::Write => self.seen.contains_key(&(key.clone(), holder)),
+            Intent::Append => false,
+        };
+        if refreshes
+            && self
+                .seen
+                .insert((key.clone(), holder), generation)
+                .is_none()
+        {
+            entry_seen_by(&mut self.entries, key, 1);
+        }
+        Grant {
+            lease: id,
+            generation,
+        }
+    }
+
+    /// Ends one use of a lease (a handle closed, a rename or unlink done). `wrote` commits:
+    /// an exclusive lease then ends and passes to the next in line.
+    pub fn finish(
+        &mut self,
+        now: Duration,
+        lease: LeaseId,
+        holder: Holder,
+        wrote: bool,
+    ) -> Vec<Action<K>> {
+        let Some(key) = self.active.get(&lease).cloned() else {
+            return Vec::new();
+        };
+        let entry = self
+            .entries
+            .get_mut(&key)
+            .expect("active lease has an entry");
+        let current = entry.lease.as_mut().expect("active lease is current");
+        let ended = match &mut current.mode {
+            Mode::Exclusive {
+                uses,
+                idle_since,
+                read_done_at,
+                writing,
+                ..
+            } => {
+                *uses = uses.saturating_sub(1);
+                if wrote {
+                    if let Some(read_done) = *read_done_at {
+                        entry.gaps.record(now.saturating_sub(read_done));
+                    }
+                    entry.generation += 1;
+                    self.counters.cycles_committed += 1;
+                    true
+                } else {
+                    if *uses == 0 {
+                        *idle_since = Some(now);
+                        if !*writing {
+                            *read_done_at = Some(now);
+                        }
+                    }
+                    false
+                }
+            }
+            Mode::Shared { holders } => {
+                if wrote {
+                    entry.generation += 1;
+                    self.counters.appends += 1;
+                }
+                if let Some(uses) = holders.get_mut(&holder) {
+                    *uses -= 1;
+                    if *uses == 0 {
+                        holders.remove(&holder);
+                    }
+                }
+                holders.is_empty()
+            }
+        };
+        let generation = entry.generation;
+        // An append does not refresh what its process has seen: others may append alongside.
+        let exclusive = matches!(current.mode, Mode::Exclusive { .. });
+        if exclusive && let Some(view) = self.seen.get_mut(&(key.clone(), holder)) {
+            *view = generation;
+        }
+        let mut actions = Vec::new();
+        if ended {
+            self.end_lease(&key);
+            self.grant_waiters(now, &key, &mut actions);
+        }
+        actions
+    }
+
+    /// Ends a use that did not touch the file (an open answered with a retry): the holder
+    /// keeps the lease for a moment, and its next read continues this cycle.
+    pub fn finish_unused(
+        &mut self,
+        now: Duration,
+        lease: LeaseId,
+        holder: Holder,
+    ) -> Vec<Action<K>> {
+        let Some(key) = self.active.get(&lease).cloned() else {
+            return Vec::new();
+        };
+        let entry = self
+            .entries
+            .get_mut(&key)
+            .expect("active lease has an entry");
+        if let Some(Lease {
+            mode:
+                Mode::Exclusive {
+                    holder: current,
+                    uses,
+                    idle_since,
+                    reopen,
+                    ..
+                },
+            ..
+        }) = entry.lease.as_mut()
+            && *current == holder
+        {
+            *uses = uses.saturating_sub(1);
+            if *uses == 0 {
+                *idle_since = Some(now);
+                *reopen = true;
+            }
+            return Vec::new();
+        }
+        self.finish(now, lease, holder, false)
+    }
+
+    /// The files `holder` holds a lease on.
+    pub fn leases_of(&self, holder: Holder) -> Vec<K> {
+        self.active
+            .values()
+            .filter(
+                |key| match self.entries[*key].lease.as_ref().map(|lease| &lease.mode) {
+                    Some(Mode::Exclusive { holder: h, .. }) => *h == holder,
+                    Some(Mode::Shared { holders }) => holders.contains_key(&holder),
+                    None => false,
+                },
+            )
+            .cloned()
+            .collect()
+    }
+
+    /// The holder did something that belongs to its cycles (wrote a temp file): its
+    /// lingering leases start their linger again.
+    pub fn activity(&mut self, now: Duration, holder: Holder) {
+        for key in self.active.values() {
+            let entry = self
+                .entries
+                .get_mut(key)
+                .expect("active lease has an entry");
+            if let Some(Lease {
+                mode:
+                    Mode::Exclusive {
+                        holder: h,
+                        uses: 0,
+                        idle_since: Some(idle),
+                        bound: None,
+                        ..
+                    },
+                ..
+            }) = entry.lease.as_mut()
+                && *h == holder
+            {
+                *idle = now;
+            }
+        }
+    }
+
+    /// A waiter's thread died or gave up: forget its place in line.
+    pub fn cancel(&mut self, now: Duration, wait: WaitId) -> Vec<Action<K>> {
+        let mut actions = Vec::new();
+        if let Some(key) = self.waiting.remove(&wait) {
+            let entry = self
+                .entries
+                .get_mut(&key)
+                .expect("waiting key has an entry");
+            entry.queue.retain(|waiter| waiter.id != wait);
+            self.grant_waiters(now, &key, &mut actions);
+        }
+        actions
+    }
+
+    /// The holder exited. Its leases end, except a read lease named in `handoffs`, which
+    /// waits (for the policy's handoff time) for the rename of the temp file with that token.
+    pub fn holder_exited(
+        &mut self,
+        now: Duration,
+        holder: Holder,
+        handoffs: &[(K, u64)],
+    ) -> Vec<Action<K>> {
+        let mut actions = Vec::new();
+        let waits: Vec<(WaitId, K)> = self
+            .waiting
+            .iter()
+            .map(|(wait, key)| (*wait, key.clone()))
+            .collect();
+        for (wait, key) in waits {
+            let entry = self
+                .entries
+                .get_mut(&key)
+                .expect("waiting key has an entry");
+            if entry
+                .queue
+                .iter()
+                .any(|waiter| waiter.id == wait && waiter.holder == holder)
+            {
+                entry.queue.retain(|waiter| waiter.id != wait);
+                self.waiting.remove(&wait);
+                actions.push(Action::Abandoned { wait });
+            }
+        }
+        let held: Vec<K> = self.active.values().cloned().collect();
+        for key in held {
+            let entry = self
+                .entries
+                .get_mut(&key)
+                .expect("active lease has an entry");
+            let lease = entry.lease.as_mut().expect("active lease is current");
+            let ended = match &mut lease.mode {
+                Mode::Exclusive {
+                    holder: h,
+                    uses,
+                    writing,
+                    idle_since,
+                    bound,
+                    ..
+                } if *h == holder => {
+                    let token = handoffs
+                        .iter()
+                        .find(|(handoff_key, _)| *handoff_key == key)
+                        .map(|(_, token)| *token);
+                    match token {
+                        Some(token) if !*writing && bound.is_none() => {
+                            *bound = Some(token);
+                            *uses = 0;
+                            *idle_since = Some(now);
+                            self.counters.handoffs += 1;
+                            false
+                        }
+                        _ => true,
+                    }
+                }
+                Mode::Shared { holders } if holders.contains_key(&holder) => {
+                    holders.remove(&holder);
+                    holders.is_empty()
+                }
+                _ => false,
+            };
+            if ended {
+                self.counters.holder_exits_mid_cycle += 1;
+                self.end_lease(&key);
+            }
+            self.grant_waiters(now, &key, &mut actions);
+        }
+        let entries = &mut self.entries;
+        self.seen.retain(|(key, h), _| {
+            if *h == holder {
+                entry_seen_by(entries, key, -1);
+            }
+            *h != holder
+        });
+        let idle: Vec<K> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.is_idle())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in idle {
+            self.entries.remove(&key);
+        }
+        actions
+    }
+
+    /// The token of the temp file a dead holder's lease on `key` waits for, if any.
+    pub fn handoff_token(&self, key: &K) -> Option<u64> {
+        match self.entries.get(key)?.lease.as_ref()?.mode {
+            Mode::Exclusive { bound, .. } => bound,
+            Mode::Shared { .. } => None,
+        }
+    }
+
+    /// Passes a dead holder's lease on `key` to `holder`, which renames the temp file with
+    /// `token` onto it. None when no lease waits for that token.
+    pub fn adopt(&mut self, now: Duration, key: &K, token: u64, holder: Holder) -> Option<Grant> {
+        let entry = self.entries.get_mut(key)?;
+        let generation = entry.generation;
+        let lease = entry.lease.as_mut()?;
+        match &mut lease.mode {
+            Mode::Exclusive {
+                holder: h,
+                uses,
+                writing,
+                idle_since,
+                bound,
+                ..
+            } if *bound == Some(token) => {
+                *h = holder;
+                *uses = 1;
+                *writing = true;
+                *idle_since = None;
+                *bound = None;
+                lease.granted_at = now;
+                Some(Grant {
+                    lease: lease.id,
+                    generation,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Revokes the lease on `key` by hand.
+    pub fn revoke(&mut self, now: Duration, key: &K) -> Vec<Action<K>> {
+        let mut actions = Vec::new();
+        if self.entries.get(key).is_some_and(|e| e.lease.is_some()) {
+            self.revoke_lease(key, EndReason::Manual, &mut actions);
+            self.grant_waiters(now, key, &mut actions);
+        }
+        actions
+    }
+
+    /// Ends what is due at `now`: lingers, handoffs, maximum holds, waiter limits.
+    pub fn tick(&mut self, now: Duration) -> Vec<Action<K>> {
+        let mut actions = Vec::new();
+        let due: Vec<(K, bool)> = self
+            .active
+            .values()
+            .filter_map(|key| {
+                let entry = &self.entries[key];
+                let lease = entry.lease.as_ref()?;
+                let (deadline, revoke) = self.lease_deadline(entry, lease);
+                (deadline <= now).then(|| (key.clone(), revoke))
+            })
+            .collect();
+        for (key, revoke) in due {
+            if revoke {
+                self.revoke_lease(&key, EndReason::MaxHold, &mut actions);
+            } else {
+                self.counters.cycles_read_only += 1;
+                self.end_lease(&key);
+            }
+            self.grant_waiters(now, &key, &mut actions);
+        }
+        let expired: Vec<(WaitId, K)> = self
+            .waiting
+            .iter()
+            .filter(|(wait, key)| {
+                self.entries[*key]
+                    .queue
+                    .iter()
+                    .any(|waiter| waiter.id == **wait && waiter.deadline <= now)
+            })
+            .map(|(wait, key)| (*wait, key.clone()))
+            .collect();
+        for (wait, key) in expired {
+            self.waiting.remove(&wait);
+            self.entries
+                .get_mut(&key)
+                .expect("waiting key has an entry")
+                .queue
+                .retain(|waiter| waiter.id != wait);
+            self.counters.wait_timeouts += 1;
+            actions.push(Action::TimedOut { wait });
+            self.grant_waiters(now, &key, &mut actions);
+        }
+        actions
+    }
+
+    /// When [`Engine::tick`] next has something to do.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        let leases = self.active.values().filter_map(|key| {
+            let entry = &self.entries[key];
+            Some(self.lease_deadline(entry, entry.lease.as_ref()?).0)
+        });
+        let waiters = self.waiting.iter().filter_map(|(wait, key)| {
+            self.entries[key]
+                .queue
+                .iter()
+                .find(|waiter| waiter.id == *wait)
+                .map(|waiter| waiter.deadline)
+        });
+        leases.chain(waiters).min()
+    }
+
+    /// Every live lease and queue, for `lockfs status`.
+    pub fn snapshot(&self, now: Duration) -> Vec<LeaseView<K>> {
+        let mut views: Vec<LeaseView<K>> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.lease.is_some() || !entry.queue.is_empty())
+            .map(|(key, entry)| {
+                let (holders, state, held) = match &entry.lease {
+                    None => (Vec::new(), LeaseState::Lingering, Duration::ZERO),
+                    Some(lease) => {
+                        let held = now.saturating_sub(lease.granted_at);
+                        match &lease.mode {
+                            Mode::Exclusive {
+                                holder,
+                                uses,
+                                writing,
+                                bound,
+                                ..
+                            } => {
+                                let state = if bound.is_some() {
+                                    LeaseState::Handoff
+                                } else if *writing {
+                                    LeaseState::Writing
+                                } else if *uses == 0 {
+                                    LeaseState::Lingering
+                                } else {
+                                    LeaseState::Reading
+                                };
+                                let view = HolderView {
+                                    process: *holder,
+                                    handles: *uses,
+                                };
+                                (vec![view], state, held)
+                            }
+                            Mode::Shared { holders } => {
+                                let views = holders
+                                    .iter()
+                                    .map(|(process, handles)| HolderView {
+                                        process: *process,
+                                        handles: *handles,
+                                    })
+                                    .collect();
+                                (views, LeaseState::Appending, held)
+                            }
+                        }
+                    }
+                };
+                LeaseView {
+                    key: key.clone(),
+                    holders,
+                    state,
+                    held,
+                    generation: entry.generation,
+                    waiters: entry
+                        .queue
+                        .iter()
+                        .map(|waiter| WaiterView {
+                            process: waiter.holder,
+                            waited: now.saturating_sub(waiter.since),
+                            intent: waiter.intent,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        views.sort_by_key(|view| std::cmp::Reverse(view.held));
+        views
+    }
+
+    /// The processes holding or waiting for `key`, oldest first.
+    pub fn holders_of(&self, key: &K) -> Vec<Holder> {
+        let Some(entry) = self.entries.get(key) else {
+            return Vec::new();
+        };
+        let mut holders: Vec<Holder> = match entry.lease.as_ref().map(|lease| &lease.mode) {
+            Some(Mode::Exclusive { holder, .. }) => vec![*holder],
+            Some(Mode::Shared { holders }) => holders.keys().copied().collect(),
+            None => Vec::new(),
+        };
+        holders.extend(entry.queue.iter().map(|waiter| waiter.holder));
+        holders
+    }
+
+    fn lease_deadline(&self, entry: &Entry, lease: &Lease) -> (Duration, bool) {
+        let hold = lease.granted_at + self.policy.max_hold;
+        let quiet = match lease.mode {
+            Mode::Exclusive {
+                idle_since: Some(idle),
+                bound: Some(_),
+                ..
+            } => Some(idle + self.policy.handoff),
+            Mode::Exclusive {
+                idle_since: Some(idle),
+                ..
+            } => Some(idle + entry.gaps.linger(&self.policy)),
+            _ => None,
+        };
+        match quiet {
+            Some(quiet) if quiet < hold => (quiet, false),
+            _ => (hold, true),
+        }
+    }
+
+    fn is_stale(&self, key: &K, holder: Holder, generation: u64) -> bool {
+        self.seen
+            .get(&(key.clone(), holder))
+            .is_some_and(|seen| *seen < generation)
+    }
+
+    fn revoke_lease(&mut self, key: &K, reason: EndReason, actions: &mut Vec<Action<K>>) {
+        let entry = &self.entries[key];
+        let holders: Vec<Holder> = match entry.lease.as_ref().map(|lease| &lease.mode) {
+            Some(Mode::Exclusive { holder, .. }) => vec![*holder],
+            Some(Mode::Shared { holders }) => holders.keys().copied().collect(),
+            None => Vec::new(),
+        };
+        for holder in holders {
+            self.counters.revocations += 1;
+            actions.push(Action::Revoked {
+                key: key.clone(),
+                holder,
+                reason,
+            });
+        }
+        self.end_lease(key);
+    }
+
+    /// Ends the lease on `key`; forgets a file that nothing refers to any more, so that
+    /// the table does not grow with every temp file ever written.
+    fn end_lease(&mut self, key: &K) {
+        let entry = self.entries.get_mut(key).expect("entry exists");
+        if let Some(lease) = entry.lease.take() {
+            self.active.remove(&lease.id);
+        }
+    }
+
+    fn forget_if_idle(&mut self, key: &K) {
+        if self.entries.get(key).is_some_and(Entry::is_idle) {
+            self.entries.remove(key);
+        }
+    }
+
+    /// Grants the head of the queue (and the appenders right behind an appender) while the
+    /// lease allows, refusing stale writers on the way.
+    fn grant_waiters(&mut self, now: Duration, key: &K, actions: &mut Vec<Action<K>>) {
+        loop {
+            let entry = self.entries.get_mut(key).expect("entry exists");
+            let Some(head) = entry.queue.front() else {
+                break;
+            };
+            let fits = match entry.lease.as_ref().map(|lease| &lease.mode) {
+                None => true,
+                Some(Mode::Shared { .. }) => head.intent == Intent::Append,
+                Some(Mode::Exclusive { .. }) => false,
+            };
+            if !fits {
+                break;
+            }
+            let waiter = entry.queue.pop_front().expect("head exists");
+            let generation = entry.generation;
+            self.waiting.remove(&waiter.id);
+            if waiter.intent == Intent::Write && self.is_stale(key, waiter.holder, generation) {
+                self.counters.fenced_commits += 1;
+                actions.push(Action::Fenced { wait: waiter.id });
+                continue;
+            }
+            let waited = now.saturating_sub(waiter.since).as_millis() as u64;
+            self.counters.wait_total_ms += waited;
+            self.counters.wait_longest_ms = self.counters.wait_longest_ms.max(waited);
+            let grant = match self.entries[key].lease.as_ref().map(|lease| lease.id) {
+                Some(lease) => {
+                    let entry = self.entries.get_mut(key).expect("entry exists");
+                    if let Some(Lease {
+                        mode: Mode::Shared { holders },
+                        ..
+                    }) = entry.lease.as_mut()
+                    {
+                        *holders.entry(waiter.holder).or_default() += 1;
+                    }
+                    Grant { lease, generation }
+                }
+                None => self.start_lease(now, key, waiter.holder, waiter.intent),
+            };
+            actions.push(Action::Granted {
+                wait: waiter.id,
+                grant,
+            });
+        }
+        self.forget_if_idle(key);
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+}

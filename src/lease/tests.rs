@@ -1,0 +1,574 @@
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const A: Holder = Holder {
+    pid: 100,
+    start_time: 1,
+};
+const B: Holder = Holder {
+    pid: 200,
+    start_time: 1,
+};
+const C: Holder = Holder {
+    pid: 300,
+    start_time: 1,
+};
+
+fn ms(value: u64) -> Duration {
+    Duration::from_millis(value)
+}
+
+fn policy() -> Policy {
+    Policy {
+        linger: ms(50),
+        max_linger: ms(1000),
+        linger_gap_factor: 4,
+        max_hold: ms(10_000),
+        max_wait: ms(60_000),
+        handoff: ms(500),
+    }
+}
+
+fn engine() -> Engine<&'static str> {
+    Engine::new(policy())
+}
+
+fn granted(admission: Admission) -> Grant {
+    match admission {
+        Admission::Granted(grant) => grant,
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+fn queued(admission: Admission) -> WaitId {
+    match admission {
+        Admission::Queued(wait) => wait,
+        other => panic!("expected to queue, got {other:?}"),
+    }
+}
+
+fn grants(actions: &[Action<&'static str>]) -> Vec<WaitId> {
+    actions
+        .iter()
+        .filter_map(|action| match action {
+            Action::Granted { wait, .. } => Some(*wait),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn waiters_are_served_in_arrival_order_at_each_commit() {
+    let mut e = engine();
+    let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    let b = queued(e.acquire(ms(1), &"s", B, Intent::Read, None));
+    let c = queued(e.acquire(ms(2), &"s", C, Intent::Read, None));
+    assert!(e.finish(ms(3), a.lease, A, false).is_empty());
+    let save = granted(e.acquire(ms(4), &"s", A, Intent::Write, None));
+    assert_eq!(save.lease, a.lease, "the holder's save joins its cycle");
+    let actions = e.finish(ms(5), save.lease, A, true);
+    assert_eq!(grants(&actions), vec![b]);
+    assert_eq!(e.generation(&"s"), 1);
+    let Action::Granted { grant: for_b, .. } = actions[0] else {
+        unreachable!()
+    };
+    assert_eq!(for_b.generation, 1, "the next holder sees the commit");
+    let actions = e.finish(ms(6), for_b.lease, B, true);
+    assert_eq!(grants(&actions), vec![c]);
+    assert_eq!(e.counters().cycles_committed, 2);
+    assert_eq!(e.counters().waits, 2);
+}
+
+#[test]
+fn a_read_only_cycle_ends_after_the_linger() {
+    let mut e = engine();
+    let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    let b = queued(e.acquire(ms(1), &"s", B, Intent::Read, None));
+    e.finish(ms(10), a.lease, A, false);
+    assert_eq!(e.next_deadline(), Some(ms(60)));
+    assert!(e.tick(ms(59)).is_empty());
+    assert_eq!(grants(&e.tick(ms(60))), vec![b]);
+    assert_eq!(e.counters().cycles_read_only, 1);
+}
+
+#[test]
+fn the_linger_adapts_to_the_gaps_a_file_shows_within_bounds() {
+    let mut e = engine();
+    for round in 0..3u64 {
+        let t = ms(1000 * round);
+        let a = granted(e.acquire(t, &"s", A, Intent::Read, None));
+        e.finish(t + ms(1), a.lease, A, false);
+        let save = granted(e.acquire(t + ms(41), &"s", A, Intent::Write, None));
+        e.finish(t + ms(42), save.lease, A, true);
+    }
+    let a = granted(e.acquire(ms(5000), &"s", A, Intent::Read, None));
+    e.finish(ms(5000), a.lease, A, false);
+    // The largest gap was 41 ms; four times that is 164 ms.
+    assert_eq!(e.next_deadline(), Some(ms(5164)));
+    let mut slow = engine();
+    let a = granted(slow.acquire(ms(0), &"s", A, Intent::Read, None));
+    slow.finish(ms(0), a.lease, A, false);
+    let save = granted(slow.acquire(ms(900), &"s", A, Intent::Write, None));
+    slow.finish(ms(900), save.lease, A, true);
+    let a = granted(slow.acquire(ms(2000), &"s", A, Intent::Read, None));
+    slow.finish(ms(2000), a.lease, A, false);
+    assert_eq!(slow.next_deadline(), Some(ms(3000)), "capped at max_linger");
+}
+
+#[test]
+fn activity_of_the_holder_restarts_its_linger() {
+    let mut e = engine();
+    let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    queued(e.acquire(ms(0), &"s", B, Intent::Read, None));
+    e.finish(ms(0), a.lease, A, false);
+    e.activity(ms(40), A);
+    assert!(e.tick(ms(60)).is_empty());
+    assert_eq!(e.next_deadline(), Some(ms(90)));
+}
+
+#[test]
+fn a_hung_holder_is_revoked_and_its_late_commit_fenced() {
+    let mut e = engine();
+    let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    let b = queued(e.acquire(ms(1), &"s", B, Intent::Read, None));
+    let actions = e.tick(ms(10_000));
+    assert!(actions.contains(&Action::Revoked {
+        key: "s",
+        holder: A,
+        reason: EndReason::MaxHold
+    }));
+    assert_eq!(grants(&actions), vec![b]);
+    let Some(Action::Granted { grant: for_b, .. }) = actions.last().cloned() else {
+        unreachable!()
+    };
+    e.finish(ms(10_001), for_b.lease, B, true);
+    // The revoked handle's close is stale and changes nothing.
+    assert!(e.finish(ms(10_002), a.lease, A, true).is_empty());
+    assert_eq!(e.generation(&"s"), 1);
+    assert_eq!(
+        e.acquire(ms(10_003), &"s", A, Intent::Write, None),
+        Admission::Fenced
+    );
+    assert_eq!(e.counters().fenced_commits, 1);
+    assert_eq!(e.counters().revocations, 1);
+    // Reading again brings the holder up to date.
+    let a2 = granted(e.acquire(ms(10_004), &"s", A, Intent::Read, None));
+    let save = granted(e.acquire(ms(10_005), &"s", A, Intent::Write, None));
+    assert_eq!(save.lease, a2.lease);
+}
+
+#[test]
+fn a_revoked_holder_may_commit_when_nothing_newer_landed() {
+    let mut e = engine();
+    granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    e.tick(ms(10_000));
+    let save = granted(e.acquire(ms(10_001), &"s", A, Intent::Write, None));
+    e.finish(ms(10_002), save.lease, A, true);
+    assert_eq!(e.generation(&"s"), 1);
+}
+
+#[test]
+fn a_queued_stale_writer_is_fenced_when_its_turn_comes() {
+    let mut e = engine();
+    let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    e.finish(ms(0), a.lease, A, false);
+    e.tick(ms(100));
+    let b = granted(e.acquire(ms(101), &"s", B, Intent::Read, None));
+    let late = queued(e.acquire(ms(102), &"s", A, Intent::Write, None));
+    let actions = e.finish(ms(103), b.lease, B, true);
+    assert_eq!(actions, vec![Action::Fenced { wait: late }]);
+}
+
+#[test]
+fn a_blind_writer_is_never_fenced() {
+    let mut e = engine();
+    let a = granted(e.acquire(ms(0), &"s", A, Intent::Write, None));
+    e.finish(ms(1), a.lease, A, true);
+    let b = granted(e.acquire(ms(2), &"s", B, Intent::Write, None));
+    e.finish(ms(3), b.lease, B, true);
+    granted(e.acquire(ms(4), &"s", A, Intent::Write, None));
+}
+
+#[test]
+fn a_writer_that_read_before_is_fenced_after_a_newer_commit() {
+    let mut e = engine();
+    let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    let save = granted(e.acquire(ms(1), &"s", A, Intent::Write, None));
+    e.finish(ms(2), save.lease, A, true);
+    e.finish(ms(2), a.lease, A, false);
+    let b = granted(e.acquire(ms(3), &"s", B, Intent::Write, None));
+    e.finish(ms(4), b.lease, B, true);
+    assert_eq!(
+        e.acquire(ms(5), &"s", A, Intent::Write, None),
+        Admission::Fenced
+    );
+}
+
+#[test]
+fn holder_exit_passes_the_lease_on_at_once() {
+    let mut e = engine();
+    granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    let b = queued(e.acquire(ms(1), &"s", B, Intent::Read, None));
+    let actions = e.holder_exited(ms(2), A, &[]);
+    assert_eq!(grants(&actions), vec![b]);
+    assert_eq!(e.counters().holder_exits_mid_cycle, 1);
+}
+
+#[test]
+fn a_second_read_by_the_holder_queues_behind_its_own_cycle() {
+    let mut e = engine();
+    let first = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    let second = queued(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    e.finish(ms(1), first.lease, A, false);
+    let save = granted(e.acquire(ms(2), &"s", A, Intent::Write, None));
+    let actions = e.finish(ms(3), save.lease, A, true);
+    assert_eq!(grants(&actions), vec![second]);
+    let Action::Granted { grant, .. } = actions[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        grant.generation, 1,
+        "the second cycle reads the first one's save"
+    );
+}
+
+#[test]
+fn appenders_share_and_exclude_cycles_without_starving_them() {
+    let mut e = engine();
+    let a = granted(e.acquire(ms(0), &"log", A, Intent::Append, None));
+    let b = granted(e.acquire(ms(0), &"log", B, Intent::Append, None));
+    assert_eq!(a.lease, b.lease);
+    let compactor = queued(e.acquire(ms(1), &"log", C, Intent::Read, None));
+    let late_append = queued(e.acquire(ms(2), &"log", A, Intent::Append, None));
+    assert!(e.finish(ms(3), a.lease, A, true).is_empty());
+    let actions = e.finish(ms(4), b.lease, B, true);
+    assert_eq!(grants(&actions), vec![compactor]);
+    assert_eq!(e.generation(&"log"), 2);
+    let Action::Granted { grant, .. } = actions[0] else {
+        unreachable!()
+    };
+    let save = granted(e.acquire(ms(5), &"log", C, Intent::Write, None));
+    assert_eq!(save.lease, grant.lease);
+    let actions = e.finish(ms(6), save.lease, C, true);
+    assert_eq!(grants(&actions), vec![late_append]);
+}
+
+#[test]
+fn consecutive_waiting_appenders_are_granted_together() {
+    let mut e = engine();
+    let a = granted(e.acquire(ms(0), &"log", A, Intent::Read, None));
+    let b = queued(e.acquire(ms(1), &"log", B, Intent::Append, None));
+    let c = queued(e.acquire(ms(1), &"log", C, Intent::Append, None));
+    let save = granted(e.acquire(ms(2), &"log", A, Intent::Write, None));
+    e.finish(ms(2), a.lease, A, false);
+    assert_eq!(grants(&e.finish(ms(3), save.lease, A, true)), vec![b, c]);
+}
+
+#[test]
+fn a_waiter_times_out_at_its_limit() {
+    let mut e = engine();
+    granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    let b = queued(e.acquire(ms(0), &"s", B, Intent::Read, Some(ms(300))));
+    assert_eq!(e.next_deadline(), Some(ms(300)));
+    assert_eq!(e.tick(ms(300)), vec![Action::TimedOut { wait: b }]);
+    assert_eq!(e.counters().wait_timeouts, 1);
+}
+
+#[test]
+fn a_cancelled_waiter_leaves_the_queue_and_it_moves_on() {
+    let mut e = engine();
+    let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    let b = queued(e.acquire(ms(0), &"s", B, Intent::Read, None));
+    let c = queued(e.acquire(ms(0), &"s", C, Intent::Read, None));
+    assert!(e.cancel(ms(1), b).is_empty());
+    assert_eq!(grants(&e.holder_exited(ms(2), A, &[])), vec![c]);
+    let _ = a;
+}
+
+#[test]
+fn a_waiter_whose_process_exits_is_answered() {
+    let mut e = engine();
+    granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    let b = queued(e.acquire(ms(0), &"s", B, Intent::Read, None));
+    let c = queued(e.acquire(ms(0), &"s", C, Intent::Read, None));
+    assert_eq!(
+        e.holder_exited(ms(1), B, &[]),
+        vec![Action::Abandoned { wait: b }]
+    );
+    assert_eq!(grants(&e.holder_exited(ms(2), A, &[])), vec![c]);
+}
+
+#[test]
+fn a_dead_readers_lease_waits_for_the_rename_of_its_temp_file() {
+    let mut e = engine();
+    let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    e.finish(ms(1), a.lease, A, false);
+    let b = queued(e.acquire(ms(2), &"s", B, Intent::Read, None));
+    assert!(e.holder_exited(ms(3), A, &[("s", 77)]).is_empty());
+    assert_eq!(e.handoff_token(&"s"), Some(77));
+    assert_eq!(e.adopt(ms(4), &"s", 78, C), None, "another file's rename");
+    let mover = e.adopt(ms(5), &"s", 77, C).expect("adopted");
+    let actions = e.finish(ms(6), mover.lease, C, true);
+    assert_eq!(grants(&actions), vec![b]);
+    assert_eq!(e.generation(&"s"), 1);
+    assert_eq!(e.counters().handoffs, 1);
+}
+
+#[test]
+fn an_unclaimed_handoff_ends_after_its_window() {
+    let mut e = engine();
+    let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    e.finish(ms(0), a.lease, A, false);
+    let b = queued(e.acquire(ms(0), &"s", B, Intent::Read, None));
+    e.holder_exited(ms(10), A, &[("s", 1)]);
+    assert!(e.tick(ms(509)).is_empty());
+    assert_eq!(grants(&e.tick(ms(510))), vec![b]);
+}
+
+#[test]
+fn a_lease_broken_by_hand_is_revoked() {
+    let mut e = engine();
+    granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    let actions = e.revoke(ms(5), &"s");
+    assert_eq!(
+        actions,
+        vec![Action::Revoked {
+            key: "s",
+            holder: A,
+            reason: EndReason::Manual
+        }]
+    );
+    assert!(e.snapshot(ms(6)).is_empty());
+}
+
+#[test]
+fn the_snapshot_shows_holders_states_and_waiters_in_order() {
+    let mut e = engine();
+    granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    queued(e.acquire(ms(10), &"s", B, Intent::Read, None));
+    queued(e.acquire(ms(20), &"s", C, Intent::Write, None));
+    let views = e.snapshot(ms(30));
+    assert_eq!(views.len(), 1);
+    let view = &views[0];
+    assert_eq!(view.state, LeaseState::Reading);
+    assert_eq!(view.holders[0].process, A);
+    assert_eq!(view.held, ms(30));
+    let order: Vec<_> = view.waiters.iter().map(|w| w.process).collect();
+    assert_eq!(order, vec![B, C]);
+    assert_eq!(view.waiters[0].waited, ms(20));
+}
+
+#[test]
+fn a_retried_open_continues_the_cycle_instead_of_queueing() {
+    let mut e = engine();
+    let first = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    e.finish_unused(ms(1), first.lease, A);
+    let retry = granted(e.acquire(ms(1), &"s", A, Intent::Read, None));
+    assert_eq!(retry.lease, first.lease);
+    e.finish(ms(2), retry.lease, A, false);
+    queued(e.acquire(ms(3), &"s", A, Intent::Read, None));
+}
+
+#[test]
+fn files_nobody_refers_to_are_forgotten() {
+    let mut e = engine();
+    for n in 0..100u64 {
+        let name: &'static str = Box::leak(format!("tmp{n}").into_boxed_str());
+        let w = granted(e.acquire(ms(n), &name, A, Intent::Write, None));
+        e.finish(ms(n), w.lease, A, true);
+    }
+    let r = granted(e.acquire(ms(200), &"store", A, Intent::Read, None));
+    e.finish(ms(201), r.lease, A, false);
+    e.tick(ms(1000));
+    assert_eq!(e.entries.len(), 1, "only the file A has read is remembered");
+    assert_eq!(e.leases_of(A), Vec::<&str>::new());
+    e.holder_exited(ms(1001), A, &[]);
+    assert!(e.entries.is_empty());
+}
+
+/// One step of a random schedule.
+#[derive(Clone, Debug)]
+enum Step {
+    Acquire {
+        holder: usize,
+        key: usize,
+        intent: u8,
+    },
+    Finish {
+        holder: usize,
+        pick: usize,
+        how: u8,
+    },
+    Advance {
+        millis: u64,
+    },
+    Exit {
+        holder: usize,
+    },
+    Cancel {
+        pick: usize,
+    },
+    Revoke {
+        key: usize,
+    },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0..3usize, 0..2usize, 0..3u8)
+            .prop_map(|(holder, key, intent)| Step::Acquire { holder, key, intent }),
+        4 => (0..3usize, 0..4usize, 0..3u8)
+            .prop_map(|(holder, pick, how)| Step::Finish { holder, pick, how }),
+        2 => (1..400u64).prop_map(|millis| Step::Advance { millis }),
+        1 => (0..3usize).prop_map(|holder| Step::Exit { holder }),
+        1 => (0..4usize).prop_map(|pick| Step::Cancel { pick }),
+        1 => (0..2usize).prop_map(|key| Step::Revoke { key }),
+    ]
+}
+
+/// The model of the processes: what each has been granted and what it has seen.
+#[derive(Default)]
+struct World {
+    holders: Vec<Holder>,
+    uses: Vec<Vec<(usize, Grant)>>,
+    views: HashMap<(usize, usize), u64>,
+    pending: HashMap<WaitId, (usize, usize, Intent)>,
+    answered: HashSet<WaitId>,
+}
+
+const KEYS: [&str; 2] = ["a", "b"];
+
+impl World {
+    fn apply(&mut self, e: &mut Engine<&'static str>, actions: Vec<Action<&'static str>>) {
+        for action in actions {
+            let wait = match action {
+                Action::Granted { wait, grant } => {
+                    let (holder, key, intent) = self.pending[&wait];
+                    self.uses[holder].push((key, grant));
+                    if intent == Intent::Read {
+                        self.views.insert((holder, key), grant.generation);
+                    }
+                    wait
+                }
+                Action::Fenced { wait }
+                | Action::TimedOut { wait }
+                | Action::Abandoned { wait } => wait,
+                Action::Revoked { .. } => continue,
+            };
+            assert!(self.answered.insert(wait), "wait {wait:?} answered twice");
+            self.pending.remove(&wait);
+        }
+        check_exclusive(e);
+    }
+}
+
+fn check_exclusive(e: &Engine<&'static str>) {
+    for view in e.snapshot(Duration::ZERO) {
+        if view.state != LeaseState::Appending {
+            assert!(view.holders.len() <= 1, "two holders of a cycle: {view:?}");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn no_schedule_loses_a_commit_or_strands_a_waiter(steps in prop::collection::vec(step(), 1..80)) {
+        let mut e: Engine<&'static str> = Engine::new(policy());
+        let mut world = World {
+            holders: vec![A, B, C],
+            uses: vec![Vec::new(); 3],
+            ..World::default()
+        };
+        let mut now = Duration::ZERO;
+        for step in steps {
+            match step {
+                Step::Acquire { holder, key, intent } => {
+                    let intent = [Intent::Read, Intent::Write, Intent::Append][intent as usize];
+                    match e.acquire(now, &KEYS[key], world.holders[holder], intent, None) {
+                        Admission::Granted(grant) => {
+                            world.uses[holder].push((key, grant));
+                            if intent == Intent::Read {
+                                world.views.insert((holder, key), grant.generation);
+                            }
+                        }
+                        Admission::Queued(wait) => {
+                            world.pending.insert(wait, (holder, key, intent));
+                        }
+                        Admission::Fenced => {}
+                    }
+                }
+                Step::Finish { holder, pick, how } => {
+                    if world.uses[holder].is_empty() {
+                        continue;
+                    }
+                    let index = pick % world.uses[holder].len();
+                    let (key, grant) = world.uses[holder].remove(index);
+                    let shared = e
+                        .snapshot(now)
+                        .iter()
+                        .any(|v| v.key == KEYS[key] && v.state == LeaseState::Appending);
+                    let before = e.generation(&KEYS[key]);
+                    let process = world.holders[holder];
+                    let actions = match how {
+                        0 => e.finish(now, grant.lease, process, false),
+                        1 => e.finish(now, grant.lease, process, true),
+                        _ => e.finish_unused(now, grant.lease, process),
+                    };
+                    let after = e.generation(&KEYS[key]);
+                    if after != before && !shared {
+                        // Blind writers (never read the file) are not fenced, by design.
+                        if let Some(seen) = world.views.get_mut(&(holder, key)) {
+                            prop_assert_eq!(*seen, before, "a commit over a newer version");
+                            *seen = after;
+                        }
+                    }
+                    world.apply(&mut e, actions);
+                }
+                Step::Advance { millis } => {
+                    now += Duration::from_millis(millis);
+                    let actions = e.tick(now);
+                    world.apply(&mut e, actions);
+                }
+                Step::Exit { holder } => {
+                    let actions = e.holder_exited(now, world.holders[holder], &[]);
+                    world.uses[holder].clear();
+                    world.views.retain(|(h, _), _| *h != holder);
+                    world.apply(&mut e, actions);
+                    // The process comes back as a new one under the same pid.
+                    world.holders[holder].start_time += 1;
+                }
+                Step::Cancel { pick } => {
+                    let mut waits: Vec<WaitId> = world.pending.keys().copied().collect();
+                    waits.sort();
+                    if let Some(wait) = waits.get(pick % waits.len().max(1)).copied() {
+                        world.pending.remove(&wait);
+                        world.answered.insert(wait);
+                        let actions = e.cancel(now, wait);
+                        world.apply(&mut e, actions);
+                    }
+                }
+                Step::Revoke { key } => {
+                    let actions = e.revoke(now, &KEYS[key]);
+                    world.apply(&mut e, actions);
+                }
+            }
+        }
+        // Every process ends; every waiter must then have been answered.
+        for holder in 0..3 {
+            let actions = e.holder_exited(now, world.holders[holder], &[]);
+            world.apply(&mut e, actions);
+        }
+        now += Duration::from_secs(120);
+        let actions = e.tick(now);
+        world.apply(&mut e, actions);
+        prop_assert!(world.pending.is_empty(), "stranded waiters: {:?}", world.pending);
+        prop_assert!(e.snapshot(now).is_empty());
+        prop_assert_eq!(e.next_deadline(), None);
+    }
+}

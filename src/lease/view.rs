@@ -1,0 +1,75 @@
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::Holder;
+
+/// What a lease is doing now, for `lockfs status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseState {
+    /// A cycle with a handle open that has not asked to write.
+    Reading,
+    /// A cycle that opened the file for writing or is renaming onto it.
+    Writing,
+    /// No handle open, no write yet: the lease ends at the linger unless the holder saves.
+    Lingering,
+    /// The holder died after writing a temp file; the lease waits for that file's rename.
+    Handoff,
+    /// Appenders sharing the file.
+    Appending,
+}
+
+/// Why a lease ended without a commit, for logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    MaxHold,
+    Manual,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HolderView {
+    pub process: Holder,
+    pub handles: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct WaiterView {
+    pub process: Holder,
+    pub waited: Duration,
+    pub intent: super::Intent,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LeaseView<K> {
+    pub key: K,
+    pub holders: Vec<HolderView>,
+    pub state: LeaseState,
+    pub held: Duration,
+    pub generation: u64,
+    pub waiters: Vec<WaiterView>,
+}
+
+/// Counters since the engine started.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Counters {
+    /// Cycles that ended with a commit (a write, a rename onto the file, an unlink).
+    pub cycles_committed: u64,
+    /// Cycles that ended at the linger without writing.
+    pub cycles_read_only: u64,
+    /// Append handles that wrote.
+    pub appends: u64,
+    /// Requests that had to queue.
+    pub waits: u64,
+    pub wait_total_ms: u64,
+    pub wait_longest_ms: u64,
+    /// Waiters answered with a timeout at their limit.
+    pub wait_timeouts: u64,
+    pub revocations: u64,
+    pub fenced_commits: u64,
+    /// Holders that exited while holding a lease without committing.
+    pub holder_exits_mid_cycle: u64,
+    /// Dead holders' leases passed to the rename of the temp file they wrote.
+    pub handoffs: u64,
+}
