@@ -29,6 +29,8 @@ pub const ATTR_TTL: Duration = Duration::from_secs(1);
 
 pub struct LockFs {
     pub core: Arc<Overlay>,
+    /// The requests that take leases go through here.
+    pub leased: super::leased::Leased,
     /// The user asked for daemon read/write (`--no-passthrough`).
     pub want_passthrough: bool,
 }
@@ -182,7 +184,7 @@ impl Filesystem for LockFs {
             mtime,
             fh: fh.map(|f| f.0),
         };
-        reply_attr(reply, self.core.setattr(Caller::of(req), ino.0, change));
+        self.leased.setattr(Caller::of(req), ino.0, change, reply);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -222,7 +224,7 @@ impl Filesystem for LockFs {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.core.unlink(Caller::of(req), parent.0, name));
+        self.leased.unlink(Caller::of(req), parent.0, name, reply);
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -253,15 +255,15 @@ impl Filesystem for LockFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let result = self.core.rename(
+        self.leased.rename(
             Caller::of(req),
             parent.0,
             name,
             newparent.0,
             newname,
             flags.bits(),
+            reply,
         );
-        reply_empty(reply, result);
     }
 
     fn link(
@@ -272,13 +274,12 @@ impl Filesystem for LockFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let result = self.core.link(Caller::of(req), ino.0, newparent.0, newname);
-        reply_entry(reply, result);
+        self.leased
+            .link(Caller::of(req), ino.0, newparent.0, newname, reply);
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let result = self.core.open(Caller::of(req), ino.0, flags.0);
-        reply_open(&self.core, reply, result);
+        self.leased.open(Caller::of(req), ino.0, flags.0, reply);
     }
 
     fn read(
@@ -337,7 +338,7 @@ impl Filesystem for LockFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.core.release(fh.0).map(drop));
+        reply_empty(reply, self.leased.release(fh.0));
     }
 
     fn fsync(
@@ -457,10 +458,8 @@ impl Filesystem for LockFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let result = self
-            .core
-            .create(Caller::of(req), parent.0, name, mode, flags);
-        reply_create(&self.core, reply, result);
+        self.leased
+            .create(Caller::of(req), parent.0, name, mode, flags, reply);
     }
 
     fn fallocate(

@@ -7,8 +7,10 @@ pub mod attr;
 pub mod core;
 pub mod creds;
 pub mod fs;
+pub mod gate;
 pub mod handles;
 pub mod inodes;
+pub mod leased;
 mod mounts;
 
 use std::ffi::CString;
@@ -265,7 +267,25 @@ fn start_session(args: &MountArgs, dir: &Path) -> anyhow::Result<fuser::Session<
     )
     .with_context(|| format!("open {}", dir.display()))?;
     let core = Arc::new(Overlay::new(root).context("stat the directory")?);
+    let policy = lease_policy(&args.lease);
+    tracing::info!(
+        linger_ms = policy.linger.as_millis() as u64,
+        max_hold_ms = policy.max_hold.as_millis() as u64,
+        max_wait_ms = policy.max_wait.as_millis() as u64,
+        "lease policy"
+    );
+    let excludes = args.lease.exclude.clone();
+    let gate = gate::Gate::start(
+        Arc::clone(&core),
+        policy,
+        Box::new(move |path: &str| excludes.iter().any(|glob| glob_match(glob, path))),
+    )
+    .context("start the lease layer")?;
     let fs = LockFs {
+        leased: leased::Leased {
+            core: Arc::clone(&core),
+            gate,
+        },
         core,
         want_passthrough: !args.no_passthrough,
     };
@@ -286,6 +306,42 @@ fn start_session(args: &MountArgs, dir: &Path) -> anyhow::Result<fuser::Session<
             .map_err(|e| mount_error(dir, e));
     }
     fuser::Session::new(fs, dir, &config).map_err(|e| mount_error(dir, e))
+}
+
+/// The engine policy from the defaults and the user's options.
+pub fn lease_policy(options: &LeaseOptions) -> crate::lease::Policy {
+    let mut policy = crate::lease::Policy::default();
+    if let Some(linger) = options.linger {
+        policy.linger = linger;
+        policy.max_linger = policy.max_linger.max(linger);
+    }
+    if let Some(max_hold) = options.max_hold {
+        policy.max_hold = max_hold;
+    }
+    if let Some(max_wait) = options.max_wait {
+        policy.max_wait = max_wait;
+    }
+    policy
+}
+
+/// Shell-style glob over a relative path: `*` and `?` stay within a component, `**`
+/// crosses components.
+pub fn glob_match(glob: &str, path: &str) -> bool {
+    fn go(g: &[u8], p: &[u8]) -> bool {
+        match g {
+            [] => p.is_empty(),
+            [b'*', b'*', rest @ ..] => {
+                let rest = rest.strip_prefix(b"/").unwrap_or(rest);
+                (0..=p.len()).any(|i| go(rest, &p[i..]))
+            }
+            [b'*', rest @ ..] => (0..=p.len())
+                .take_while(|i| *i == 0 || p[i - 1] != b'/')
+                .any(|i| go(rest, &p[i..])),
+            [b'?', rest @ ..] => !p.is_empty() && p[0] != b'/' && go(rest, &p[1..]),
+            [c, rest @ ..] => !p.is_empty() && p[0] == *c && go(rest, &p[1..]),
+        }
+    }
+    go(glob.as_bytes(), path.as_bytes())
 }
 
 fn mount_error(dir: &Path, e: std::io::Error) -> anyhow::Error {

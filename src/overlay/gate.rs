@@ -1,0 +1,610 @@
+//! The lease layer between the fuser glue and the overlay core.
+//!
+//! Every request that opens, replaces or removes a managed file asks the lease engine
+//! first. A request that must wait is parked here as a continuation (the reply moves into
+//! it) and the FUSE worker thread returns at once; the continuation runs when the engine
+//! grants, fences, times out or abandons it, on whichever thread produced that answer.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use fuser::Errno;
+use parking_lot::{Condvar, Mutex};
+
+use super::Caller;
+use super::core::Overlay;
+use super::handles::FileHandle;
+use super::inodes::{Inode, InodeKey, ROOT_ID};
+use crate::lease::{
+    Action, Admission, Counters, Engine, Grant, Intent, LeaseView, Policy, WaitId,
+};
+use crate::platform::{self, ExitWatch, ProcessId};
+use crate::sys;
+
+/// A file as the lease engine names it: its directory's nodeid and its name there.
+pub type FileKey = (u64, OsString);
+
+/// How often parked waiters are checked for a pending SIGKILL: the kernel does not let a
+/// killed process go until its request is answered, and fuser drops FUSE_INTERRUPT.
+const DYING_WAITER_POLL: Duration = Duration::from_millis(20);
+
+/// How many recently written files are remembered per process, for the shell handoff.
+const RECENT_WRITES: usize = 8;
+
+/// A granted lease as a continuation sees it.
+#[derive(Clone, Debug)]
+pub struct Held {
+    pub grant: Grant,
+    pub holder: ProcessId,
+    pub key: FileKey,
+}
+
+type Continuation = Box<dyn FnOnce(Result<Held, Errno>) + Send>;
+
+struct Parked {
+    tid: u32,
+    holder: ProcessId,
+    key: FileKey,
+    run: Continuation,
+}
+
+/// The lease an open handle took, released with the handle.
+struct HandleLease {
+    held: Held,
+    writes: bool,
+    /// (size, mtime, ctime) before the open, to tell whether the handle changed the file.
+    before: Option<(i64, i64, i64, i64, i64)>,
+    truncated_or_created: bool,
+}
+
+/// A file a process created or opened for writing, for the shell handoff (S5).
+#[derive(Clone)]
+struct Written {
+    parent: u64,
+    name: OsString,
+    ino: u64,
+}
+
+pub struct Gate {
+    core: Arc<Overlay>,
+    engine: Mutex<Engine<FileKey>>,
+    parked: Mutex<HashMap<WaitId, Parked>>,
+    handle_leases: Mutex<HashMap<u64, HandleLease>>,
+    recent_writes: Mutex<HashMap<ProcessId, VecDeque<Written>>>,
+    commands: Mutex<HashMap<ProcessId, String>>,
+    exits: OnceLock<Arc<ExitWatch>>,
+    excludes: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    wake: Condvar,
+    wake_lock: Mutex<bool>,
+    epoch: Instant,
+}
+
+impl Gate {
+    /// Starts the lease layer with its timer and exit-watch threads. `user_excluded` gets
+    /// paths relative to the mount root.
+    pub fn start(
+        core: Arc<Overlay>,
+        policy: Policy,
+        user_excluded: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    ) -> std::io::Result<Arc<Gate>> {
+        let gate = Arc::new(Gate {
+            core,
+            engine: Mutex::new(Engine::new(policy)),
+            parked: Mutex::new(HashMap::new()),
+            handle_leases: Mutex::new(HashMap::new()),
+            recent_writes: Mutex::new(HashMap::new()),
+            commands: Mutex::new(HashMap::new()),
+            exits: OnceLock::new(),
+            excludes: user_excluded,
+            wake: Condvar::new(),
+            wake_lock: Mutex::new(false),
+            epoch: Instant::now(),
+        });
+        let weak = Arc::downgrade(&gate);
+        let watch = ExitWatch::start(move |process| {
+            if let Some(gate) = weak.upgrade() {
+                gate.process_exited(process);
+            }
+        })?;
+        let _ = gate.exits.set(watch);
+        let weak = Arc::downgrade(&gate);
+        std::thread::Builder::new()
+            .name("lockfs-timer".into())
+            .spawn(move || timer_loop(weak))?;
+        Ok(gate)
+    }
+
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.engine.lock().policy().clone()
+    }
+
+    /// Leases and queues with paths relative to the mount root, and the counters.
+    pub fn status(&self) -> (Vec<LeaseView<String>>, Counters) {
+        let engine = self.engine.lock();
+        let views = engine.snapshot(self.now());
+        let counters = engine.counters().clone();
+        drop(engine);
+        let views = views
+            .into_iter()
+            .map(|view| LeaseView {
+                key: self.path_of(&view.key),
+                holders: view.holders,
+                state: view.state,
+                held: view.held,
+                generation: view.generation,
+                waiters: view.waiters,
+            })
+            .collect();
+        (views, counters)
+    }
+
+    /// The command line of a process that held or waited for a lease (read while alive).
+    pub fn command_of(&self, process: ProcessId) -> String {
+        self.commands
+            .lock()
+            .get(&process)
+            .cloned()
+            .unwrap_or_else(|| platform::command_line(process.pid))
+    }
+
+    /// Revokes the lease on `path` (relative to the mount root) by hand.
+    pub fn break_lease(&self, path: &str) -> Result<String, String> {
+        let key = self
+            .key_of_path(path)
+            .ok_or_else(|| format!("{path}: no such file in the mount"))?;
+        let actions = self.engine.lock().revoke(self.now(), &key);
+        if actions.is_empty() {
+            return Ok(format!("{path}: no lease to break"));
+        }
+        let mut said = Vec::new();
+        for action in &actions {
+            if let Action::Revoked { holder, .. } = action {
+                said.push(format!(
+                    "revoked the lease on {path} held by pid {} ({})",
+                    holder.pid,
+                    self.command_of(*holder)
+                ));
+            }
+        }
+        self.execute(actions);
+        Ok(said.join("\n"))
+    }
+
+    /// The managed file behind `nodeid`: a regular file still linked under a name that is
+    /// not left alone.
+    pub fn managed_inode(&self, nodeid: u64) -> Option<(FileKey, Arc<Inode>)> {
+        let inode = self.core.inodes().get(nodeid)?;
+        if inode.file_type != libc::S_IFREG {
+            return None;
+        }
+        let named = inode.named_at()?;
+        let key = (named.parent, named.name);
+        self.is_managed(&key).then_some((key, inode))
+    }
+
+    /// Whether the name `parent/name` is one whose cycles are serialized.
+    pub fn is_managed(&self, key: &FileKey) -> bool {
+        let parent_name = self
+            .core
+            .inodes()
+            .get(key.0)
+            .and_then(|dir| dir.named_at())
+            .map(|named| named.name);
+        if left_alone(&key.1, parent_name.as_deref()) {
+            return false;
+        }
+        !(self.excludes)(&self.path_of(key))
+    }
+
+    /// The path of `key` relative to the mount root (lossy for non-UTF-8 names).
+    pub fn path_of(&self, key: &FileKey) -> String {
+        let mut parts = vec![key.1.clone()];
+        let mut dir = key.0;
+        while dir != ROOT_ID {
+            match self.core.inodes().get(dir).and_then(|inode| inode.named_at()) {
+                Some(named) => {
+                    parts.push(named.name);
+                    dir = named.parent;
+                }
+                None => {
+                    parts.push(OsString::from("?"));
+                    break;
+                }
+            }
+        }
+        parts.reverse();
+        parts
+            .iter()
+            .map(|part| part.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    fn key_of_path(&self, path: &str) -> Option<FileKey> {
+        let mut dir = ROOT_ID;
+        let mut parts = path.split('/').filter(|p| !p.is_empty()).peekable();
+        while let Some(part) = parts.next() {
+            if parts.peek().is_none() {
+                return Some((dir, OsString::from(part)));
+            }
+            let inode = self.core.inodes().get(dir)?;
+            let cname = sys::cstr(OsStr::new(part)).ok()?;
+            let st = sys::fstatat(inode.fd(), &cname, libc::AT_SYMLINK_NOFOLLOW).ok()?;
+            dir = self.core.inodes().find(InodeKey::of(&st))?.nodeid;
+        }
+        None
+    }
+
+    /// Asks for a lease for the thread `caller`; `run` gets the answer now or later.
+    pub fn admit(&self, caller: Caller, key: FileKey, intent: Intent, run: Continuation) {
+        let holder = match platform::process_of_thread(caller.pid) {
+            Ok(holder) => holder,
+            // The caller is gone already: nobody waits for this answer.
+            Err(_) => return run(Err(Errno::EINTR)),
+        };
+        self.watch(holder);
+        let mut engine = self.engine.lock();
+        match engine.acquire(self.now(), &key, holder, intent, None) {
+            Admission::Granted(grant) => {
+                drop(engine);
+                self.notify_timer();
+                run(Ok(Held { grant, holder, key }))
+            }
+            Admission::Fenced => {
+                drop(engine);
+                self.log_fenced(&key, holder);
+                run(Err(Errno::ESTALE))
+            }
+            Admission::Queued(wait) => {
+                let others = engine.holders_of(&key);
+                self.parked.lock().insert(
+                    wait,
+                    Parked {
+                        tid: caller.pid,
+                        holder,
+                        key,
+                        run,
+                    },
+                );
+                drop(engine);
+                // A holder whose exit is not yet reported must not keep anyone waiting.
+                for other in others {
+                    if other != holder && !platform::is_alive(other) {
+                        self.process_exited(other);
+                    }
+                }
+                self.notify_timer();
+            }
+        }
+    }
+
+    /// Ends one use of a lease; `wrote` commits it.
+    pub fn finish(&self, held: &Held, wrote: bool) {
+        let actions = self
+            .engine
+            .lock()
+            .finish(self.now(), held.grant.lease, held.holder, wrote);
+        self.notify_timer();
+        self.execute(actions);
+    }
+
+    /// Ends a use that did not touch the file (the open is answered with ESTALE so that
+    /// the kernel looks the name up again and retries within the same cycle).
+    pub fn finish_unused(&self, held: &Held) {
+        let actions =
+            self.engine
+                .lock()
+                .finish_unused(self.now(), held.grant.lease, held.holder);
+        self.notify_timer();
+        self.execute(actions);
+    }
+
+    /// Whether `key` still names `inode`: a waiter granted after a rename-over must look
+    /// the name up again rather than open the replaced file.
+    pub fn still_named(&self, key: &FileKey, inode: &Inode) -> bool {
+        let Some(dir) = self.core.inodes().get(key.0) else {
+            return false;
+        };
+        let Ok(cname) = sys::cstr(&key.1) else {
+            return false;
+        };
+        sys::fstatat(dir.fd(), &cname, libc::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| InodeKey::of(&st) == inode.key)
+    }
+
+    /// Records the lease an open handle holds until its release.
+    pub fn opened(&self, handle: &FileHandle, held: Held, intent: Intent, created: bool) {
+        let writes = intent != Intent::Read;
+        let truncated_or_created = created || handle.flags & libc::O_TRUNC != 0;
+        if writes {
+            self.note_write(held.holder, &held.key, handle.inode.key.ino);
+        }
+        let before = fingerprint(handle);
+        self.handle_leases.lock().insert(
+            handle.fh,
+            HandleLease {
+                held,
+                writes,
+                before,
+                truncated_or_created,
+            },
+        );
+    }
+
+    /// The last close of a handle: ends its lease, committing if the handle wrote.
+    pub fn released(&self, handle: &FileHandle) {
+        let Some(lease) = self.handle_leases.lock().remove(&handle.fh) else {
+            return;
+        };
+        let wrote = lease.writes
+            && (lease.truncated_or_created || fingerprint(handle) != lease.before);
+        if wrote {
+            self.engine.lock().activity(self.now(), lease.held.holder);
+        }
+        self.finish(&lease.held, wrote);
+    }
+
+    /// The temp file `from` is renamed onto `key`: if a dead holder's lease waits for
+    /// exactly that file, `mover` takes it over.
+    pub fn adopt_handoff(&self, caller: Caller, key: &FileKey, from_ino: u64) -> Option<Held> {
+        let mut engine = self.engine.lock();
+        let token = engine.handoff_token(key)?;
+        if token != from_ino {
+            return None;
+        }
+        let holder = platform::process_of_thread(caller.pid).ok()?;
+        let grant = engine.adopt(self.now(), key, token, holder)?;
+        drop(engine);
+        self.watch(holder);
+        Some(Held {
+            grant,
+            holder,
+            key: key.clone(),
+        })
+    }
+
+    /// A file the process wrote: it may be the temp file of a cycle on another file.
+    pub fn note_write(&self, holder: ProcessId, key: &FileKey, ino: u64) {
+        let mut recent = self.recent_writes.lock();
+        let list = recent.entry(holder).or_default();
+        list.retain(|w| w.ino != ino);
+        list.push_back(Written {
+            parent: key.0,
+            name: key.1.clone(),
+            ino,
+        });
+        if list.len() > RECENT_WRITES {
+            list.pop_front();
+        }
+        drop(recent);
+        self.engine.lock().activity(self.now(), holder);
+    }
+
+    fn watch(&self, process: ProcessId) {
+        let Some(exits) = self.exits.get() else {
+            return;
+        };
+        let mut commands = self.commands.lock();
+        if commands.contains_key(&process) {
+            return;
+        }
+        commands.insert(process, platform::command_line(process.pid));
+        drop(commands);
+        if exits.watch(process).is_err() {
+            self.process_exited(process);
+        }
+    }
+
+    /// A process that held or waited for leases exited.
+    pub fn process_exited(&self, process: ProcessId) {
+        let written = self
+            .recent_writes
+            .lock()
+            .remove(&process)
+            .unwrap_or_default();
+        let mut engine = self.engine.lock();
+        let held = engine.leases_of(process);
+        let handoffs: Vec<(FileKey, u64)> = held
+            .iter()
+            .filter_map(|key| {
+                let temp = written
+                    .iter()
+                    .rev()
+                    .find(|w| w.parent == key.0 && w.name != key.1 && self.names_ino(w))?;
+                Some((key.clone(), temp.ino))
+            })
+            .collect();
+        let actions = engine.holder_exited(self.now(), process, &handoffs);
+        drop(engine);
+        for key in held {
+            if !handoffs.iter().any(|(handoff, _)| *handoff == key) {
+                tracing::debug!(
+                    path = %self.path_of(&key),
+                    pid = process.pid,
+                    "lease ended: its holder exited"
+                );
+            }
+        }
+        self.commands.lock().remove(&process);
+        self.notify_timer();
+        self.execute(actions);
+    }
+
+    fn names_ino(&self, written: &Written) -> bool {
+        let Some(dir) = self.core.inodes().get(written.parent) else {
+            return false;
+        };
+        let Ok(cname) = sys::cstr(&written.name) else {
+            return false;
+        };
+        sys::fstatat(dir.fd(), &cname, libc::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| st.st_ino == written.ino)
+    }
+
+    /// Acts on the engine's answers: runs parked continuations, logs revocations.
+    fn execute(&self, actions: Vec<Action<FileKey>>) {
+        for action in actions {
+            let (wait, outcome) = match action {
+                Action::Granted { wait, grant } => (wait, Ok(grant)),
+                Action::Fenced { wait } => (wait, Err(Errno::ESTALE)),
+                Action::TimedOut { wait } => (wait, Err(Errno::ETIMEDOUT)),
+                Action::Abandoned { wait } => (wait, Err(Errno::EINTR)),
+                Action::Revoked {
+                    key,
+                    holder,
+                    reason,
+                } => {
+                    tracing::warn!(
+                        path = %self.path_of(&key),
+                        pid = holder.pid,
+                        cmd = %self.command_of(holder),
+                        reason = ?reason,
+                        "lease revoked; a later commit by this process over newer data will fail with ESTALE"
+                    );
+                    continue;
+                }
+            };
+            let parked = self.parked.lock().remove(&wait);
+            let Some(parked) = parked else {
+                continue;
+            };
+            if outcome == Err(Errno::ESTALE) {
+                self.log_fenced(&parked.key, parked.holder);
+            }
+            let Parked {
+                holder, key, run, ..
+            } = parked;
+            run(outcome.map(|grant| Held { grant, holder, key }));
+        }
+    }
+
+    fn log_fenced(&self, key: &FileKey, holder: ProcessId) {
+        tracing::warn!(
+            path = %self.path_of(key),
+            pid = holder.pid,
+            cmd = %self.command_of(holder),
+            "fenced commit: the file changed since this process read it; refused with ESTALE"
+        );
+    }
+
+    fn notify_timer(&self) {
+        let mut woken = self.wake_lock.lock();
+        *woken = true;
+        self.wake.notify_one();
+    }
+
+    /// One pass of the timer: due deadlines, and parked waiters whose thread is dying.
+    fn tick(&self) -> Option<Duration> {
+        let actions = self.engine.lock().tick(self.now());
+        self.execute(actions);
+        let dying: Vec<WaitId> = self
+            .parked
+            .lock()
+            .iter()
+            .filter(|(_, parked)| platform::thread_is_dying(parked.tid))
+            .map(|(wait, _)| *wait)
+            .collect();
+        for wait in dying {
+            let actions = self.engine.lock().cancel(self.now(), wait);
+            let parked = self.parked.lock().remove(&wait);
+            if let Some(parked) = parked {
+                (parked.run)(Err(Errno::EINTR));
+            }
+            self.execute(actions);
+        }
+        let next = self.engine.lock().next_deadline();
+        let poll = (!self.parked.lock().is_empty()).then(|| self.now() + DYING_WAITER_POLL);
+        let next = match (next, poll) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        next.map(|at| at.saturating_sub(self.now()))
+    }
+}
+
+fn timer_loop(gate: Weak<Gate>) {
+    loop {
+        let Some(strong) = gate.upgrade() else {
+            return;
+        };
+        let sleep = strong.tick().unwrap_or(Duration::from_secs(1));
+        let mut woken = strong.wake_lock.lock();
+        if !*woken {
+            strong.wake.wait_for(&mut woken, sleep);
+        }
+        *woken = false;
+    }
+}
+
+fn fingerprint(handle: &FileHandle) -> Option<(i64, i64, i64, i64, i64)> {
+    let st = sys::fstat(handle.fd()).ok()?;
+    Some((
+        st.st_size,
+        st.st_mtime,
+        st.st_mtime_nsec,
+        st.st_ctime,
+        st.st_ctime_nsec,
+    ))
+}
+
+/// Files whose programs coordinate by themselves: SQLite and its journals (byte-range
+/// locks and shared memory must keep working), lock files and anything inside lock dirs.
+pub fn left_alone(name: &OsStr, parent_name: Option<&OsStr>) -> bool {
+    let name = name.as_bytes();
+    const SUFFIXES: [&[u8]; 8] = [
+        b".sqlite",
+        b".sqlite3",
+        b".db",
+        b"-wal",
+        b"-shm",
+        b"-journal",
+        b".lock",
+        b".lck",
+    ];
+    if SUFFIXES.iter().any(|suffix| name.ends_with(suffix)) {
+        return true;
+    }
+    parent_name.is_some_and(|parent| parent.as_bytes().ends_with(b".lock"))
+}
+
+/// The lease an open(2) with `flags` asks for.
+pub fn intent_of_open(flags: i32) -> Intent {
+    let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+    if !writes {
+        Intent::Read
+    } else if flags & libc::O_APPEND != 0 && flags & libc::O_TRUNC == 0 {
+        Intent::Append
+    } else {
+        Intent::Write
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_and_lock_files_are_left_alone() {
+        for name in ["app.sqlite", "x.db", "x.db-wal", "x.db-shm", "j-journal", "s.jsonl.lock"] {
+            assert!(left_alone(OsStr::new(name), None), "{name}");
+        }
+        assert!(left_alone(OsStr::new("pid"), Some(OsStr::new("store.json.lock"))));
+        assert!(!left_alone(OsStr::new("store.json"), Some(OsStr::new("state"))));
+    }
+
+    #[test]
+    fn open_flags_map_to_intents() {
+        assert_eq!(intent_of_open(libc::O_RDONLY), Intent::Read);
+        assert_eq!(intent_of_open(libc::O_WRONLY | libc::O_TRUNC), Intent::Write);
+        assert_eq!(intent_of_open(libc::O_RDWR), Intent::Write);
+        assert_eq!(intent_of_open(libc::O_WRONLY | libc::O_APPEND), Intent::Append);
+        assert_eq!(intent_of_open(libc::O_RDONLY | libc::O_TRUNC), Intent::Write);
+    }
+}
