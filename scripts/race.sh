@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317  # scenario functions run indirectly, as "run_$s"
 # Races unmodified-style writers against DIR and counts the updates that survived.
 #
 #   scripts/race.sh DIR [--quick] [--strict] [--json] [--only LIST] [--timeout SECS] [--keep]
@@ -92,7 +93,7 @@ fi
 
 # npm libraries for S7 (write-file-atomic) and the proper-lockfile writer.
 need_npm=0
-for s in S7-wfa; do selected "$s" && need_npm=1; done
+if selected S7-wfa; then need_npm=1; fi
 if [[ $need_npm -eq 1 ]]; then
     NODE_PATH="$("$here/npm-deps.sh")"
     export NODE_PATH
