@@ -17,6 +17,12 @@
 #   --timeout S    kill a scenario's processes after S seconds (default 300); counted as errors
 #   --keep         leave the race-<scenario> dirs in DIR
 #
+# --json prints {"dir", "quick", "lost" (total), "results": [{"scenario", "description",
+# "writers", "expected", "present", "lost", "torn", "errors", "seconds", "notes": [..]}]}.
+# lost = expected keys missing from the final store; torn = unparsable lines or store plus
+# torn/empty reads the writers retried; errors = processes that exited non-zero (their
+# first error line is in notes). S10 has no keys: expected/present/lost are 0 there.
+#
 # Exit status: 0 unless the script itself broke (2) or --strict found a loss (1).
 set -euo pipefail
 
