@@ -47,7 +47,7 @@ describe() {
     esac
 }
 
-usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 2 { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"; }
 
 dir="" quick=0 strict=0 json=0 only="" timeout_s=300 keep=0
 while [[ $# -gt 0 ]]; do
