@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+pub mod writers;
+
 pub const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");
 
 /// A lockfs mount over a directory inside a temp dir; unmounted on drop, even on panic.
