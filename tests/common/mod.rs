@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+pub mod writers;
+
 pub const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");
 
 /// A lockfs mount over a directory inside a temp dir; unmounted on drop, even on panic.
@@ -63,7 +65,10 @@ impl Drop for MountGuard {
 }
 
 pub fn lockfs(args: &[&str]) -> Output {
-    Command::new(LOCKFS).args(args).output().expect("run lockfs")
+    Command::new(LOCKFS)
+        .args(args)
+        .output()
+        .expect("run lockfs")
 }
 
 /// Whether `dir` is a mount point now, from /proc/self/mountinfo.
