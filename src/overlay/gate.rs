@@ -251,7 +251,9 @@ impl Gate {
         };
         self.watch(holder);
         let mut engine = self.engine.lock();
-        match engine.acquire(self.now(), &key, holder, intent, None) {
+        let admission = engine.acquire(self.now(), &key, holder, intent, None);
+        tracing::trace!(path = %self.path_of(&key), pid = holder.pid, ?intent, ?admission, "admit");
+        match admission {
             Admission::Granted(grant) => {
                 drop(engine);
                 self.notify_timer();
@@ -287,6 +289,7 @@ impl Gate {
 
     /// Ends one use of a lease; `wrote` commits it.
     pub fn finish(&self, held: &Held, wrote: bool) {
+        tracing::trace!(path = %self.path_of(&held.key), pid = held.holder.pid, wrote, "finish");
         let actions = self
             .engine
             .lock()
@@ -421,6 +424,7 @@ impl Gate {
                 Some((key.clone(), temp.ino))
             })
             .collect();
+        tracing::trace!(pid = process.pid, ?held, ?handoffs, "holder exited");
         let actions = engine.holder_exited(self.now(), process, &handoffs);
         drop(engine);
         for key in held {
