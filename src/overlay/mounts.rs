@@ -105,7 +105,7 @@ pub fn mount_fuse(dir: &Path, allow_other: bool) -> io::Result<OwnedFd> {
             c"lockfs".as_ptr(),
             cdir.as_ptr(),
             c"fuse.lockfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
+            inherited_flags(dir),
             coptions.as_ptr().cast(),
         )
     };
@@ -113,4 +113,23 @@ pub fn mount_fuse(dir: &Path, allow_other: bool) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     Ok(OwnedFd::from(dev))
+}
+
+/// nosuid/nodev as on the file system below, so that the mount changes nothing there.
+fn inherited_flags(dir: &Path) -> libc::c_ulong {
+    let Ok(cdir) = CString::new(dir.as_os_str().as_bytes()) else {
+        return libc::MS_NOSUID | libc::MS_NODEV;
+    };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(cdir.as_ptr(), &mut st) } != 0 {
+        return libc::MS_NOSUID | libc::MS_NODEV;
+    }
+    let mut flags = 0;
+    if st.f_flag & libc::ST_NOSUID != 0 {
+        flags |= libc::MS_NOSUID;
+    }
+    if st.f_flag & libc::ST_NODEV != 0 {
+        flags |= libc::MS_NODEV;
+    }
+    flags
 }
