@@ -161,3 +161,67 @@ fn mount_is_recognisable_and_logs_its_data_path() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("data path: kernel passthrough"), "{text}");
 }
+
+#[test]
+fn files_made_by_another_user_belong_to_that_user() {
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: needs root to act as another user");
+        return;
+    }
+    let (tmp, state) = state_dir();
+    for dir in [tmp.path(), state.as_path()] {
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    }
+    let _mount = MountGuard::mount(&state, &["--allow-other"]);
+    let script = "touch f && mkdir d && ln -s f s && mkfifo p && echo ok";
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            script,
+        ])
+        .current_dir(&state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["f", "d", "s", "p"] {
+        let meta = std::fs::symlink_metadata(state.join(name)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{name}");
+    }
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg("rm -f f && echo removed")
+        .current_dir(&state)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed"));
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let denied = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "touch",
+            "g",
+        ])
+        .current_dir(&state)
+        .output()
+        .unwrap();
+    assert!(
+        !denied.status.success(),
+        "permissions are checked as on the disk below"
+    );
+}
