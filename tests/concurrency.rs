@@ -61,7 +61,11 @@ fn s11_sqlite_wal_with_three_writer_processes_loses_no_row() {
     let db = state.join("app.sqlite");
     let db = db.to_str().unwrap();
     let init = common::python("sqlite_writers.py", &[db, "init"]);
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     let writers: Vec<_> = (0..3)
         .map(|w| {
             Command::new("python3")

@@ -157,8 +157,8 @@ impl Overlay {
         Ok(to_file_attr(nodeid, &st))
     }
 
-    pub fn setattr(&self, caller: Caller, nodeid: u64, change: SetAttr) -> OpResult<FileAttr> {
-        let _ = caller;
+    /// `_caller` is unused here; the lease layer needs it for truncates.
+    pub fn setattr(&self, _caller: Caller, nodeid: u64, change: SetAttr) -> OpResult<FileAttr> {
         let inode = self.inode(nodeid)?;
         let handle = change.fh.and_then(|fh| self.handles.file(fh));
         if let Some(mode) = change.mode {
