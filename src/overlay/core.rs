@@ -1,0 +1,714 @@
+//! The overlay core: every operation as a plain method on held fds, returning the
+//! underlying errno unchanged. No fuser request or reply types in here, so the lease layer
+//! can call these from any thread, later than the request arrived.
+
+use std::ffi::{CStr, OsStr};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::UNIX_EPOCH;
+
+use fuser::{Errno, FileAttr, TimeOrNow};
+use parking_lot::Mutex;
+
+use super::Caller;
+use super::attr::to_file_attr;
+use super::creds::FsCredsGuard;
+use super::handles::{DirEntry, DirStream, FileHandle, Handles};
+use super::inodes::{Inode, InodeKey, InodeStore, ROOT_ID};
+use crate::sys;
+
+pub type OpResult<T> = Result<T, Errno>;
+
+fn errno(err: io::Error) -> Errno {
+    Errno::from_i32(err.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// A reply to an entry request: the inode (one lookup already taken for the kernel) and
+/// its attributes.
+#[derive(Debug)]
+pub struct Entry {
+    pub inode: Arc<Inode>,
+    pub attr: FileAttr,
+}
+
+/// The attribute changes of one SETATTR.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+    /// The open handle the change came through (ftruncate, fchmod, futimens).
+    pub fh: Option<u64>,
+}
+
+pub struct Overlay {
+    inodes: InodeStore,
+    handles: Handles,
+    /// Whether opens should ask the kernel for passthrough (user choice and kernel grant).
+    passthrough: AtomicBool,
+    passthrough_failed_logged: AtomicBool,
+    /// Serializes the (stat target, rename, update names) sequence so that the names the
+    /// lease layer reads are never half-updated.
+    rename_lock: Mutex<()>,
+}
+
+impl Overlay {
+    /// An overlay serving the directory behind `root` (an O_PATH|O_DIRECTORY fd).
+    pub fn new(root: OwnedFd) -> io::Result<Overlay> {
+        let st = sys::fstat(root.as_fd())?;
+        Ok(Overlay {
+            inodes: InodeStore::new(root, &st),
+            handles: Handles::default(),
+            passthrough: AtomicBool::new(false),
+            passthrough_failed_logged: AtomicBool::new(false),
+            rename_lock: Mutex::new(()),
+        })
+    }
+
+    pub fn inodes(&self) -> &InodeStore {
+        &self.inodes
+    }
+
+    pub fn handles(&self) -> &Handles {
+        &self.handles
+    }
+
+    pub fn set_passthrough(&self, on: bool) {
+        self.passthrough.store(on, Ordering::Relaxed);
+    }
+
+    pub fn passthrough(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+    }
+
+    /// Turns passthrough off after the kernel refused a backing file; logs it once.
+    pub fn passthrough_refused(&self, err: &io::Error) {
+        if !self.passthrough_failed_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "kernel refused a passthrough backing file ({err}); using daemon read/write"
+            );
+        }
+    }
+
+    pub fn inode(&self, nodeid: u64) -> OpResult<Arc<Inode>> {
+        self.inodes.get(nodeid).ok_or(Errno::ESTALE)
+    }
+
+    pub fn file(&self, fh: u64) -> OpResult<Arc<FileHandle>> {
+        self.handles.file(fh).ok_or(Errno::EBADF)
+    }
+
+    /// Which path (parent nodeid, name) `nodeid` was last known by; `None` once unlinked.
+    pub fn path_of(&self, nodeid: u64) -> Option<super::inodes::NamedAt> {
+        self.inodes.get(nodeid)?.named_at()
+    }
+
+    fn stat_child(&self, parent: &Inode, name: &CStr) -> io::Result<sys::Stat> {
+        sys::fstatat(parent.fd(), name, libc::AT_SYMLINK_NOFOLLOW)
+    }
+
+    /// Interns the file `name` in `parent` and takes one lookup on it.
+    fn entry_at(&self, parent: &Inode, name: &OsStr) -> OpResult<Entry> {
+        let cname = sys::cstr(name).map_err(errno)?;
+        let fd =
+            sys::openat(parent.fd(), &cname, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(errno)?;
+        self.entry_from_fd(fd, parent.nodeid, name)
+    }
+
+    fn entry_from_fd(&self, fd: OwnedFd, parent: u64, name: &OsStr) -> OpResult<Entry> {
+        let st = sys::fstat(fd.as_fd()).map_err(errno)?;
+        let inode = self.inodes.intern(fd, &st);
+        if inode.nodeid != ROOT_ID && name.as_bytes() != b"." && name.as_bytes() != b".." {
+            inode.set_name(parent, name);
+        }
+        let attr = to_file_attr(inode.nodeid, &st);
+        Ok(Entry { inode, attr })
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> OpResult<Entry> {
+        let dir = self.inode(parent)?;
+        if name.as_bytes() == b"." || (name.as_bytes() == b".." && parent == ROOT_ID) {
+            let st = sys::fstat(dir.fd()).map_err(errno)?;
+            self.inodes.add_lookup(dir.nodeid);
+            return Ok(Entry {
+                attr: to_file_attr(dir.nodeid, &st),
+                inode: dir,
+            });
+        }
+        self.entry_at(&dir, name)
+    }
+
+    pub fn forget(&self, nodeid: u64, count: u64) {
+        self.inodes.forget(nodeid, count);
+    }
+
+    pub fn getattr(&self, nodeid: u64, fh: Option<u64>) -> OpResult<FileAttr> {
+        let st = match fh.and_then(|fh| self.handles.file(fh)) {
+            Some(handle) => sys::fstat(handle.fd()),
+            None => sys::fstat(self.inode(nodeid)?.fd()),
+        }
+        .map_err(errno)?;
+        Ok(to_file_attr(nodeid, &st))
+    }
+
+    /// `_caller` is unused here; the lease layer needs it for truncates.
+    pub fn setattr(&self, _caller: Caller, nodeid: u64, change: SetAttr) -> OpResult<FileAttr> {
+        let inode = self.inode(nodeid)?;
+        let handle = change.fh.and_then(|fh| self.handles.file(fh));
+        if let Some(mode) = change.mode {
+            match &handle {
+                Some(h) => sys::fchmod(h.fd(), mode),
+                None => sys::chmod_fd(inode.fd(), mode),
+            }
+            .map_err(errno)?;
+        }
+        if change.uid.is_some() || change.gid.is_some() {
+            sys::chown_fd(
+                inode.fd(),
+                change.uid.unwrap_or(u32::MAX),
+                change.gid.unwrap_or(u32::MAX),
+            )
+            .map_err(errno)?;
+        }
+        if let Some(size) = change.size {
+            match &handle {
+                Some(h) if h.flags & libc::O_ACCMODE != libc::O_RDONLY => {
+                    sys::ftruncate(h.fd(), size)
+                }
+                _ => sys::reopen(inode.fd(), libc::O_WRONLY)
+                    .and_then(|fd| sys::ftruncate(fd.as_fd(), size)),
+            }
+            .map_err(errno)?;
+        }
+        if change.atime.is_some() || change.mtime.is_some() {
+            let times = [timespec(change.atime), timespec(change.mtime)];
+            match &handle {
+                Some(h) => sys::futimens(h.fd(), &times),
+                None => sys::utimens_fd(inode.fd(), &times, inode.is_symlink()),
+            }
+            .map_err(errno)?;
+        }
+        let st = sys::fstat(inode.fd()).map_err(errno)?;
+        Ok(to_file_attr(nodeid, &st))
+    }
+
+    pub fn readlink(&self, nodeid: u64) -> OpResult<Vec<u8>> {
+        sys::readlink_fd(self.inode(nodeid)?.fd()).map_err(errno)
+    }
+
+    /// Runs `make` (which creates `name` in `parent`) as the caller, then interns the result.
+    fn create_node(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        make: impl FnOnce(BorrowedFd<'_>, &CStr) -> io::Result<()>,
+    ) -> OpResult<Entry> {
+        let dir = self.inode(parent)?;
+        let cname = sys::cstr(name).map_err(errno)?;
+        {
+            let _creds = FsCredsGuard::become_caller(caller);
+            make(dir.fd(), &cname).map_err(errno)?;
+        }
+        self.entry_at(&dir, name)
+    }
+
+    pub fn mknod(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> OpResult<Entry> {
+        self.create_node(caller, parent, name, |dir, cname| {
+            sys::mknodat(dir, cname, mode, u64::from(rdev))
+        })
+    }
+
+    pub fn mkdir(&self, caller: Caller, parent: u64, name: &OsStr, mode: u32) -> OpResult<Entry> {
+        self.create_node(caller, parent, name, |dir, cname| {
+            sys::mkdirat(dir, cname, mode)
+        })
+    }
+
+    pub fn symlink(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+    ) -> OpResult<Entry> {
+        let ctarget = sys::cstr(target).map_err(errno)?;
+        self.create_node(caller, parent, name, |dir, cname| {
+            sys::symlinkat(&ctarget, dir, cname)
+        })
+    }
+
+    /// The live inode currently at `parent/name`, if the kernel knows it.
+    fn known_child(&self, parent: &Inode, name: &CStr) -> Option<Arc<Inode>> {
+        let st = self.stat_child(parent, name).ok()?;
+        self.inodes.find(InodeKey::of(&st))
+    }
+
+    pub fn unlink(&self, caller: Caller, parent: u64, name: &OsStr) -> OpResult<()> {
+        self.remove(caller, parent, name, 0)
+    }
+
+    pub fn rmdir(&self, caller: Caller, parent: u64, name: &OsStr) -> OpResult<()> {
+        self.remove(caller, parent, name, libc::AT_REMOVEDIR)
+    }
+
+    fn remove(&self, _caller: Caller, parent: u64, name: &OsStr, flags: i32) -> OpResult<()> {
+        let dir = self.inode(parent)?;
+        let cname = sys::cstr(name).map_err(errno)?;
+        let _names = self.rename_lock.lock();
+        let victim = self.known_child(&dir, &cname);
+        sys::unlinkat(dir.fd(), &cname, flags).map_err(errno)?;
+        if let Some(victim) = victim {
+            victim.clear_name_if(parent, name);
+        }
+        Ok(())
+    }
+
+    /// rename(2) / renameat2(2) with `flags` (RENAME_NOREPLACE, RENAME_EXCHANGE).
+    pub fn rename(
+        &self,
+        _caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> OpResult<()> {
+        let from_dir = self.inode(parent)?;
+        let to_dir = self.inode(new_parent)?;
+        let cname = sys::cstr(name).map_err(errno)?;
+        let cnew = sys::cstr(new_name).map_err(errno)?;
+        let _names = self.rename_lock.lock();
+        let moved = self.known_child(&from_dir, &cname);
+        let replaced = self.known_child(&to_dir, &cnew);
+        sys::renameat2(from_dir.fd(), &cname, to_dir.fd(), &cnew, flags).map_err(errno)?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if let Some(replaced) = &replaced {
+            if exchange {
+                replaced.set_name(parent, name);
+            } else if moved.as_ref().is_none_or(|m| m.nodeid != replaced.nodeid) {
+                replaced.clear_name_if(new_parent, new_name);
+            }
+        }
+        if let Some(moved) = moved {
+            moved.set_name(new_parent, new_name);
+        }
+        Ok(())
+    }
+
+    pub fn link(
+        &self,
+        _caller: Caller,
+        nodeid: u64,
+        new_parent: u64,
+        new_name: &OsStr,
+    ) -> OpResult<Entry> {
+        let inode = self.inode(nodeid)?;
+        let dir = self.inode(new_parent)?;
+        let cname = sys::cstr(new_name).map_err(errno)?;
+        sys::link_fd(inode.fd(), dir.fd(), &cname).map_err(errno)?;
+        let st = sys::fstat(inode.fd()).map_err(errno)?;
+        self.inodes.add_lookup(inode.nodeid);
+        inode.set_name(new_parent, new_name);
+        Ok(Entry {
+            attr: to_file_attr(inode.nodeid, &st),
+            inode,
+        })
+    }
+
+    fn register(
+        &self,
+        inode: Arc<Inode>,
+        flags: i32,
+        caller: Caller,
+        file: OwnedFd,
+    ) -> Arc<FileHandle> {
+        let handle = Arc::new(FileHandle {
+            fh: self.handles.next_fh(),
+            inode,
+            flags,
+            opener: caller,
+            file,
+            backing: Mutex::new(None),
+        });
+        self.handles.insert_file(Arc::clone(&handle));
+        handle
+    }
+
+    /// Opens `nodeid` with the caller's open(2) `flags`; the handle lives until `release`.
+    pub fn open(&self, caller: Caller, nodeid: u64, flags: i32) -> OpResult<Arc<FileHandle>> {
+        let inode = self.inode(nodeid)?;
+        // The kernel resolved the path already: following the /proc link must not fail on
+        // O_NOFOLLOW, and creation flags mean nothing on an existing file.
+        let open_flags =
+            flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW);
+        let file = sys::reopen(inode.fd(), open_flags).map_err(errno)?;
+        Ok(self.register(inode, flags, caller, file))
+    }
+
+    /// Creates and opens `parent/name` (O_CREAT, maybe O_EXCL) as the caller.
+    pub fn create(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> OpResult<(Entry, Arc<FileHandle>)> {
+        let dir = self.inode(parent)?;
+        let cname = sys::cstr(name).map_err(errno)?;
+        let file = {
+            let _creds = FsCredsGuard::become_caller(caller);
+            sys::openat(
+                dir.fd(),
+                &cname,
+                (flags | libc::O_CREAT) & !libc::O_NOCTTY,
+                mode,
+            )
+            .map_err(errno)?
+        };
+        let path_fd = sys::reopen(file.as_fd(), libc::O_PATH).map_err(errno)?;
+        let entry = self.entry_from_fd(path_fd, parent, name)?;
+        let handle = self.register(Arc::clone(&entry.inode), flags, caller, file);
+        Ok((entry, handle))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> OpResult<Vec<u8>> {
+        let handle = self.file(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            let n =
+                sys::pread(handle.fd(), &mut buf[done..], offset + done as u64).map_err(errno)?;
+            if n == 0 {
+                break;
+            }
+            done += n;
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> OpResult<u32> {
+        let handle = self.file(fh)?;
+        let n = sys::pwrite(handle.fd(), data, offset).map_err(errno)?;
+        Ok(n as u32)
+    }
+
+    /// close(2) of one fd of this handle (the handle itself lives until `release`).
+    pub fn flush(&self, _caller: Caller, fh: u64) -> OpResult<()> {
+        self.file(fh).map(drop)
+    }
+
+    /// The last close of the handle: closes the file and drops the backing id.
+    pub fn release(&self, fh: u64) -> OpResult<Arc<FileHandle>> {
+        self.handles.remove_file(fh).ok_or(Errno::EBADF)
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> OpResult<()> {
+        sys::fsync(self.file(fh)?.fd(), datasync).map_err(errno)
+    }
+
+    pub fn opendir(&self, nodeid: u64) -> OpResult<u64> {
+        let inode = self.inode(nodeid)?;
+        let fd = sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(errno)?;
+        let stream = DirStream::open(fd).map_err(errno)?;
+        Ok(self.handles.insert_dir(inode, stream))
+    }
+
+    /// Reads entries from cookie `offset`; `add(nodeid, next_offset, entry)` returns true
+    /// when the reply buffer is full (that entry is then returned again next time).
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, &DirEntry) -> bool,
+    ) -> OpResult<()> {
+        let handle = self.handles.dir(fh).ok_or(Errno::EBADF)?;
+        let dev = handle.inode.key.dev;
+        let mut stream = handle.stream.lock();
+        stream.seek(offset);
+        let mut resume = offset;
+        while let Some(entry) = stream.next_entry().map_err(errno)? {
+            let nodeid = if entry.name.as_bytes() == b"." {
+                handle.inode.nodeid
+            } else {
+                self.inodes.nodeid_for(InodeKey {
+                    dev,
+                    ino: entry.ino,
+                })
+            };
+            if add(nodeid, &entry) {
+                stream.rewind_to(resume);
+                break;
+            }
+            resume = entry.next_offset;
+        }
+        Ok(())
+    }
+
+    pub fn releasedir(&self, fh: u64) -> OpResult<()> {
+        self.handles.remove_dir(fh).map(drop).ok_or(Errno::EBADF)
+    }
+
+    pub fn fsyncdir(&self, fh: u64, datasync: bool) -> OpResult<()> {
+        let handle = self.handles.dir(fh).ok_or(Errno::EBADF)?;
+        let stream = handle.stream.lock();
+        let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+        sys::fsync(fd, datasync).map_err(errno)
+    }
+
+    pub fn statfs(&self, nodeid: u64) -> OpResult<libc::statvfs64> {
+        sys::fstatvfs(self.inode(nodeid)?.fd()).map_err(errno)
+    }
+
+    pub fn setxattr(&self, nodeid: u64, name: &OsStr, value: &[u8], flags: i32) -> OpResult<()> {
+        let cname = sys::cstr(name).map_err(errno)?;
+        sys::setxattr(self.inode(nodeid)?.fd(), &cname, value, flags).map_err(errno)
+    }
+
+    /// The value (size 0: only its length, as `Err`-free `Ok(len)` with an empty buffer).
+    pub fn getxattr(&self, nodeid: u64, name: &OsStr, size: u32) -> OpResult<Xattr> {
+        let cname = sys::cstr(name).map_err(errno)?;
+        let inode = self.inode(nodeid)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = sys::getxattr(inode.fd(), &cname, &mut buf).map_err(errno)?;
+        Ok(xattr_reply(size, buf, n))
+    }
+
+    pub fn listxattr(&self, nodeid: u64, size: u32) -> OpResult<Xattr> {
+        let inode = self.inode(nodeid)?;
+        let mut buf = vec![0u8; size as usize];
+        let n = sys::listxattr(inode.fd(), &mut buf).map_err(errno)?;
+        Ok(xattr_reply(size, buf, n))
+    }
+
+    pub fn removexattr(&self, nodeid: u64, name: &OsStr) -> OpResult<()> {
+        let cname = sys::cstr(name).map_err(errno)?;
+        sys::removexattr(self.inode(nodeid)?.fd(), &cname).map_err(errno)
+    }
+
+    pub fn access(&self, nodeid: u64, mask: i32) -> OpResult<()> {
+        sys::access_fd(self.inode(nodeid)?.fd(), mask).map_err(errno)
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> OpResult<()> {
+        sys::fallocate(self.file(fh)?.fd(), mode, offset, length).map_err(errno)
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> OpResult<i64> {
+        sys::lseek(self.file(fh)?.fd(), offset, whence).map_err(errno)
+    }
+
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        offset_in: u64,
+        fh_out: u64,
+        offset_out: u64,
+        len: u64,
+    ) -> OpResult<u32> {
+        let input = self.file(fh_in)?;
+        let output = self.file(fh_out)?;
+        let len = len.min(u32::MAX as u64 / 2) as usize;
+        sys::copy_file_range(input.fd(), offset_in, output.fd(), offset_out, len, 0)
+            .map(|n| n as u32)
+            .map_err(errno)
+    }
+}
+
+/// An xattr answer: the needed size (when asked with size 0) or the bytes.
+pub enum Xattr {
+    Size(u32),
+    Data(Vec<u8>),
+}
+
+fn xattr_reply(size: u32, mut buf: Vec<u8>, n: usize) -> Xattr {
+    if size == 0 {
+        Xattr::Size(n as u32)
+    } else {
+        buf.truncate(n);
+        Xattr::Data(buf)
+    }
+}
+
+fn timespec(time: Option<TimeOrNow>) -> libc::timespec {
+    match time {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeOrNow::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeOrNow::SpecificTime(t)) => {
+            let (secs, nanos) = match t.duration_since(UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
+                Err(e) => {
+                    let d = e.duration();
+                    let mut secs = -(d.as_secs() as i64);
+                    let mut nanos = d.subsec_nanos() as i64;
+                    if nanos > 0 {
+                        secs -= 1;
+                        nanos = 1_000_000_000 - nanos;
+                    }
+                    (secs, nanos)
+                }
+            };
+            libc::timespec {
+                tv_sec: secs,
+                tv_nsec: nanos,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    const CALLER: Caller = Caller {
+        pid: 1,
+        uid: 0,
+        gid: 0,
+    };
+
+    fn overlay() -> (tempfile::TempDir, Overlay) {
+        let tmp = tempfile::tempdir().unwrap();
+        let cpath = sys::cstr(tmp.path().as_os_str()).unwrap();
+        let cwd = unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) };
+        let root = sys::openat(cwd, &cpath, libc::O_PATH | libc::O_DIRECTORY, 0).unwrap();
+        (tmp, Overlay::new(root).unwrap())
+    }
+
+    fn named(overlay: &Overlay, nodeid: u64) -> Option<(u64, String)> {
+        overlay
+            .path_of(nodeid)
+            .map(|at| (at.parent, at.name.to_string_lossy().into_owned()))
+    }
+
+    #[test]
+    fn the_core_is_shareable_across_threads() {
+        fn check<T: Send + Sync>() {}
+        check::<Overlay>();
+        check::<Arc<FileHandle>>();
+    }
+
+    #[test]
+    fn names_follow_create_rename_and_unlink() {
+        let (_tmp, overlay) = overlay();
+        let (entry, handle) = overlay
+            .create(CALLER, ROOT_ID, OsStr::new("tmp.1"), 0o644, libc::O_WRONLY)
+            .unwrap();
+        let tmp_node = entry.inode.nodeid;
+        assert_eq!(named(&overlay, tmp_node), Some((ROOT_ID, "tmp.1".into())));
+        overlay.write(handle.fh, 0, b"new").unwrap();
+        overlay.release(handle.fh).unwrap();
+
+        let store = overlay
+            .create(CALLER, ROOT_ID, OsStr::new("store"), 0o644, libc::O_WRONLY)
+            .unwrap();
+        overlay.release(store.1.fh).unwrap();
+        let store_node = store.0.inode.nodeid;
+
+        overlay
+            .rename(
+                CALLER,
+                ROOT_ID,
+                OsStr::new("tmp.1"),
+                ROOT_ID,
+                OsStr::new("store"),
+                0,
+            )
+            .unwrap();
+        assert_eq!(named(&overlay, tmp_node), Some((ROOT_ID, "store".into())));
+        assert_eq!(
+            named(&overlay, store_node),
+            None,
+            "the replaced file has no name"
+        );
+
+        let again = overlay.lookup(ROOT_ID, OsStr::new("store")).unwrap();
+        assert_eq!(again.inode.nodeid, tmp_node);
+        assert_eq!(again.attr.size, 3);
+
+        overlay
+            .unlink(CALLER, ROOT_ID, OsStr::new("store"))
+            .unwrap();
+        assert_eq!(named(&overlay, tmp_node), None);
+    }
+
+    #[test]
+    fn exchange_swaps_names_and_lookups_count() {
+        let (tmp, overlay) = overlay();
+        std::fs::write(tmp.path().join("a"), "a").unwrap();
+        std::fs::write(tmp.path().join("b"), "bb").unwrap();
+        let a = overlay.lookup(ROOT_ID, OsStr::new("a")).unwrap().inode;
+        let b = overlay.lookup(ROOT_ID, OsStr::new("b")).unwrap().inode;
+        overlay
+            .rename(
+                CALLER,
+                ROOT_ID,
+                OsStr::new("a"),
+                ROOT_ID,
+                OsStr::new("b"),
+                libc::RENAME_EXCHANGE,
+            )
+            .unwrap();
+        assert_eq!(named(&overlay, a.nodeid), Some((ROOT_ID, "b".into())));
+        assert_eq!(named(&overlay, b.nodeid), Some((ROOT_ID, "a".into())));
+
+        overlay.lookup(ROOT_ID, OsStr::new("a")).unwrap();
+        assert_eq!(overlay.inodes().lookups(b.nodeid), 2);
+        overlay.forget(b.nodeid, 2);
+        assert_eq!(overlay.inodes().lookups(b.nodeid), 0);
+        assert!(overlay.inodes().get(b.nodeid).is_none(), "dropped at zero");
+        assert_eq!(sys::fstat(a.fd().as_fd()).unwrap().st_size, 1);
+    }
+
+    #[test]
+    fn nodeids_are_the_inode_numbers_below_and_hard_links_share_one() {
+        let (tmp, overlay) = overlay();
+        std::fs::write(tmp.path().join("f"), "x").unwrap();
+        std::fs::hard_link(tmp.path().join("f"), tmp.path().join("g")).unwrap();
+        let ino =
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(tmp.path().join("f")).unwrap());
+        let f = overlay.lookup(ROOT_ID, OsStr::new("f")).unwrap();
+        let g = overlay.lookup(ROOT_ID, OsStr::new("g")).unwrap();
+        assert_eq!(f.inode.nodeid, ino);
+        assert_eq!(g.inode.nodeid, ino);
+        assert_eq!(overlay.inodes().lookups(ino), 2);
+        assert_eq!(named(&overlay, ino), Some((ROOT_ID, "g".into())));
+    }
+
+    #[test]
+    fn errors_are_the_errno_below() {
+        let (_tmp, overlay) = overlay();
+        let err = overlay.lookup(ROOT_ID, OsStr::new("missing")).unwrap_err();
+        assert_eq!(err.code(), libc::ENOENT);
+        overlay
+            .mkdir(CALLER, ROOT_ID, OsStr::new("d"), 0o755)
+            .unwrap();
+        let err = overlay
+            .mkdir(CALLER, ROOT_ID, OsStr::new("d"), 0o755)
+            .unwrap_err();
+        assert_eq!(err.code(), libc::EEXIST);
+    }
+}

@@ -1,0 +1,515 @@
+//! The fuser glue: each handler turns the request into plain values, calls the core and
+//! replies. Nothing here keeps state of its own.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use super::Caller;
+use super::attr::dirent_type;
+use super::core::{Entry, OpResult, Overlay, SetAttr, Xattr};
+use super::handles;
+
+/// How long the kernel may trust a name -> inode answer and an inode's attributes.
+///
+/// Every change goes through this mount, so the kernel sees each one and updates or
+/// invalidates its cache itself (write replies update the size, rename moves the dentry,
+/// passthrough writes update i_size). The TTL only bounds staleness against changes made
+/// on the disk below behind the mount's back, which lockfs does not support anyway.
+pub const ENTRY_TTL: Duration = Duration::from_secs(1);
+pub const ATTR_TTL: Duration = Duration::from_secs(1);
+
+pub struct LockFs {
+    pub core: Arc<Overlay>,
+    /// The user asked for daemon read/write (`--no-passthrough`).
+    pub want_passthrough: bool,
+}
+
+impl Caller {
+    pub fn of(req: &Request) -> Caller {
+        Caller {
+            pid: req.pid(),
+            uid: req.uid(),
+            gid: req.gid(),
+        }
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, result: OpResult<Entry>) {
+    match result {
+        Ok(entry) => reply.entry(&ENTRY_TTL, &entry.attr, Generation(entry.inode.generation)),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: OpResult<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn reply_attr(reply: ReplyAttr, result: OpResult<fuser::FileAttr>) {
+    match result {
+        Ok(attr) => reply.attr(&ATTR_TTL, &attr),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, result: OpResult<Xattr>) {
+    match result {
+        Ok(Xattr::Size(n)) => reply.size(n),
+        Ok(Xattr::Data(data)) => reply.data(&data),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// Answers an OPEN with the handle `result` from [`Overlay::open`], registering its file as
+/// the kernel's passthrough backing file when passthrough is on. Callable from any thread.
+pub fn reply_open(core: &Overlay, reply: ReplyOpen, result: OpResult<Arc<handles::FileHandle>>) {
+    let handle = match result {
+        Ok(handle) => handle,
+        Err(e) => return reply.error(e),
+    };
+    let fh = FileHandle(handle.fh);
+    if core.passthrough() {
+        match handle.inode.backing_or(|| reply.open_backing(handle.fd())) {
+            Ok(id) => {
+                reply.opened_passthrough(fh, FopenFlags::empty(), &id);
+                *handle.backing.lock() = Some(id);
+                return;
+            }
+            Err(err) => core.passthrough_refused(&err),
+        }
+    }
+    reply.opened(fh, FopenFlags::empty());
+}
+
+/// Answers a CREATE with the result of [`Overlay::create`]; see [`reply_open`].
+pub fn reply_create(
+    core: &Overlay,
+    reply: ReplyCreate,
+    result: OpResult<(Entry, Arc<handles::FileHandle>)>,
+) {
+    let (entry, handle) = match result {
+        Ok(pair) => pair,
+        Err(e) => return reply.error(e),
+    };
+    let fh = FileHandle(handle.fh);
+    let generation = Generation(entry.inode.generation);
+    if core.passthrough() {
+        match handle.inode.backing_or(|| reply.open_backing(handle.fd())) {
+            Ok(id) => {
+                reply.created_passthrough(
+                    &ENTRY_TTL,
+                    &entry.attr,
+                    generation,
+                    fh,
+                    FopenFlags::empty(),
+                    &id,
+                );
+                *handle.backing.lock() = Some(id);
+                return;
+            }
+            Err(err) => core.passthrough_refused(&err),
+        }
+    }
+    reply.created(&ENTRY_TTL, &entry.attr, generation, fh, FopenFlags::empty());
+}
+
+impl Filesystem for LockFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        let granted = self.want_passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        self.core.set_passthrough(granted);
+        if granted {
+            tracing::info!("data path: kernel passthrough (backing files)");
+        } else if self.want_passthrough {
+            tracing::info!("data path: daemon read/write (kernel does not offer passthrough)");
+        } else {
+            tracing::info!("data path: daemon read/write (--no-passthrough)");
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        reply_entry(reply, self.core.lookup(parent.0, name));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.core.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        reply_attr(reply, self.core.getattr(ino.0, fh.map(|f| f.0)));
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let change = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            fh: fh.map(|f| f.0),
+        };
+        reply_attr(reply, self.core.setattr(Caller::of(req), ino.0, change));
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.core.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let result = self.core.mknod(Caller::of(req), parent.0, name, mode, rdev);
+        reply_entry(reply, result);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply_entry(
+            reply,
+            self.core.mkdir(Caller::of(req), parent.0, name, mode),
+        );
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.core.unlink(Caller::of(req), parent.0, name));
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.core.rmdir(Caller::of(req), parent.0, name));
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let result = self
+            .core
+            .symlink(Caller::of(req), parent.0, link_name, target.as_os_str());
+        reply_entry(reply, result);
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.core.rename(
+            Caller::of(req),
+            parent.0,
+            name,
+            newparent.0,
+            newname,
+            flags.bits(),
+        );
+        reply_empty(reply, result);
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let result = self.core.link(Caller::of(req), ino.0, newparent.0, newname);
+        reply_entry(reply, result);
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let result = self.core.open(Caller::of(req), ino.0, flags.0);
+        reply_open(&self.core, reply, result);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.core.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.core.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.core.flush(Caller::of(req), fh.0));
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.core.release(fh.0).map(drop));
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.core.fsync(fh.0, datasync));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.core.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let result = self.core.readdir(fh.0, offset, |nodeid, entry| {
+            reply.add(
+                INodeNo(nodeid),
+                entry.next_offset,
+                dirent_type(entry.d_type),
+                &entry.name,
+            )
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.core.releasedir(fh.0));
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.core.fsyncdir(fh.0, datasync));
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        match self.core.statfs(ino.0) {
+            Ok(st) => reply.statfs(
+                st.f_blocks,
+                st.f_bfree,
+                st.f_bavail,
+                st.f_files,
+                st.f_ffree,
+                st.f_bsize as u32,
+                st.f_namemax as u32,
+                st.f_frsize as u32,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.core.setxattr(ino.0, name, value, flags));
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, self.core.getxattr(ino.0, name, size));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, self.core.listxattr(ino.0, size));
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.core.removexattr(ino.0, name));
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        reply_empty(reply, self.core.access(ino.0, mask.bits()));
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let result = self
+            .core
+            .create(Caller::of(req), parent.0, name, mode, flags);
+        reply_create(&self.core, reply, result);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.core.fallocate(fh.0, offset, length, mode));
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.core.lseek(fh.0, offset, whence) {
+            Ok(pos) => reply.offset(pos),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self
+            .core
+            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+    }
+}
