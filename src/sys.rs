@@ -6,7 +6,7 @@
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 pub type Stat = libc::stat64;
@@ -320,9 +320,4 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     lim.rlim_cur = lim.rlim_max;
     check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
     Ok(lim.rlim_cur)
-}
-
-/// The raw fd number, for log lines.
-pub fn raw(fd: BorrowedFd<'_>) -> RawFd {
-    fd.as_raw_fd()
 }

@@ -146,6 +146,9 @@ pub struct Engine<K> {
     seen: HashMap<(K, Holder), u64>,
     counters: Counters,
     next_id: u64,
+    /// Generations are drawn from one sequence for all files, so a file forgotten and
+    /// met again never shows a generation older than one handed out before.
+    commits: u64,
 }
 
 impl<K: Clone + Eq + Hash> Engine<K> {
@@ -158,6 +161,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             seen: HashMap::new(),
             counters: Counters::default(),
             next_id: 1,
+            commits: 0,
         }
     }
 
@@ -171,7 +175,9 @@ impl<K: Clone + Eq + Hash> Engine<K> {
 
     /// The file's generation: how many commits it has seen since the engine started.
     pub fn generation(&self, key: &K) -> u64 {
-        self.entries.get(key).map_or(0, |entry| entry.generation)
+        self.entries
+            .get(key)
+            .map_or(self.commits, |entry| entry.generation)
     }
 
     /// Asks for a lease on `key`. `max_wait` overrides the policy's waiter limit.
@@ -188,7 +194,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             self.counters.fenced_commits += 1;
             return Admission::Fenced;
         }
-        let entry = self.entries.entry(key.clone()).or_default();
+        let commits = self.commits;
+        let entry = self.entries.entry(key.clone()).or_insert_with(|| Entry {
+            generation: commits,
+            ..Entry::default()
+        });
         let queue_empty = entry.queue.is_empty();
         let joined = match entry.lease.as_mut() {
             None if queue_empty => Join::Start,
@@ -338,7 +348,8 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                     if let Some(read_done) = *read_done_at {
                         entry.gaps.record(now.saturating_sub(read_done));
                     }
-                    entry.generation += 1;
+                    self.commits += 1;
+                    entry.generation = self.commits;
                     self.counters.cycles_committed += 1;
                     true
                 } else {
@@ -353,7 +364,8 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             }
             Mode::Shared { holders } => {
                 if wrote {
-                    entry.generation += 1;
+                    self.commits += 1;
+                    entry.generation = self.commits;
                     self.counters.appends += 1;
                 }
                 if let Some(uses) = holders.get_mut(&holder) {
@@ -423,9 +435,13 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             .values()
             .filter(
                 |key| match self.entries[*key].lease.as_ref().map(|lease| &lease.mode) {
-                    Some(Mode::Exclusive { holder: h, .. }) => *h == holder,
+                    Some(Mode::Exclusive {
+                        holder: h,
+                        bound: None,
+                        ..
+                    }) => *h == holder,
                     Some(Mode::Shared { holders }) => holders.contains_key(&holder),
-                    None => false,
+                    _ => false,
                 },
             )
             .cloned()
@@ -509,12 +525,13 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 .expect("active lease has an entry");
             let lease = entry.lease.as_mut().expect("active lease is current");
             let ended = match &mut lease.mode {
+                // A lease already waiting for its handoff stays: this exit was seen before.
                 Mode::Exclusive {
                     holder: h,
                     uses,
                     writing,
                     idle_since,
-                    bound,
+                    bound: bound @ None,
                     ..
                 } if *h == holder => {
                     let token = handoffs
@@ -522,7 +539,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                         .find(|(handoff_key, _)| *handoff_key == key)
                         .map(|(_, token)| *token);
                     match token {
-                        Some(token) if !*writing && bound.is_none() => {
+                        Some(token) if !*writing => {
                             *bound = Some(token);
                             *uses = 0;
                             *idle_since = Some(now);

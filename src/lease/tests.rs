@@ -330,6 +330,31 @@ fn an_unclaimed_handoff_ends_after_its_window() {
 }
 
 #[test]
+fn a_second_report_of_the_same_exit_keeps_the_handoff() {
+    let mut e = engine();
+    let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    e.finish(ms(1), a.lease, A, false);
+    let b = queued(e.acquire(ms(2), &"s", B, Intent::Read, None));
+    e.holder_exited(ms(3), A, &[("s", 77)]);
+    assert!(e.holder_exited(ms(4), A, &[]).is_empty());
+    assert_eq!(e.handoff_token(&"s"), Some(77));
+    assert!(e.leases_of(A).is_empty());
+    let mover = e.adopt(ms(5), &"s", 77, C).expect("adopted");
+    assert_eq!(grants(&e.finish(ms(6), mover.lease, C, true)), vec![b]);
+}
+
+#[test]
+fn generations_never_go_back_when_a_file_is_forgotten() {
+    let mut e = engine();
+    let w = granted(e.acquire(ms(0), &"t", A, Intent::Write, None));
+    e.finish(ms(1), w.lease, A, true);
+    let first = e.generation(&"t");
+    assert!(first > 0);
+    let w = granted(e.acquire(ms(2), &"t", A, Intent::Write, None));
+    assert!(w.generation >= first);
+}
+
+#[test]
 fn a_lease_broken_by_hand_is_revoked() {
     let mut e = engine();
     granted(e.acquire(ms(0), &"s", A, Intent::Read, None));

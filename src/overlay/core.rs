@@ -124,7 +124,7 @@ impl Overlay {
     fn entry_from_fd(&self, fd: OwnedFd, parent: u64, name: &OsStr) -> OpResult<Entry> {
         let st = sys::fstat(fd.as_fd()).map_err(errno)?;
         let inode = self.inodes.intern(fd, &st);
-        if inode.nodeid != ROOT_ID {
+        if inode.nodeid != ROOT_ID && name.as_bytes() != b"." && name.as_bytes() != b".." {
             inode.set_name(parent, name);
         }
         let attr = to_file_attr(inode.nodeid, &st);
@@ -157,8 +157,8 @@ impl Overlay {
         Ok(to_file_attr(nodeid, &st))
     }
 
-    pub fn setattr(&self, caller: Caller, nodeid: u64, change: SetAttr) -> OpResult<FileAttr> {
-        let _ = caller;
+    /// `_caller` is unused here; the lease layer needs it for truncates.
+    pub fn setattr(&self, _caller: Caller, nodeid: u64, change: SetAttr) -> OpResult<FileAttr> {
         let inode = self.inode(nodeid)?;
         let handle = change.fh.and_then(|fh| self.handles.file(fh));
         if let Some(mode) = change.mode {
@@ -577,8 +577,138 @@ fn timespec(time: Option<TimeOrNow>) -> libc::timespec {
     }
 }
 
-#[allow(dead_code)]
-fn assert_shareable() {
-    fn check<T: Send + Sync>() {}
-    check::<Overlay>();
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    const CALLER: Caller = Caller {
+        pid: 1,
+        uid: 0,
+        gid: 0,
+    };
+
+    fn overlay() -> (tempfile::TempDir, Overlay) {
+        let tmp = tempfile::tempdir().unwrap();
+        let cpath = sys::cstr(tmp.path().as_os_str()).unwrap();
+        let cwd = unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) };
+        let root = sys::openat(cwd, &cpath, libc::O_PATH | libc::O_DIRECTORY, 0).unwrap();
+        (tmp, Overlay::new(root).unwrap())
+    }
+
+    fn named(overlay: &Overlay, nodeid: u64) -> Option<(u64, String)> {
+        overlay
+            .path_of(nodeid)
+            .map(|at| (at.parent, at.name.to_string_lossy().into_owned()))
+    }
+
+    #[test]
+    fn the_core_is_shareable_across_threads() {
+        fn check<T: Send + Sync>() {}
+        check::<Overlay>();
+        check::<Arc<FileHandle>>();
+    }
+
+    #[test]
+    fn names_follow_create_rename_and_unlink() {
+        let (_tmp, overlay) = overlay();
+        let (entry, handle) = overlay
+            .create(CALLER, ROOT_ID, OsStr::new("tmp.1"), 0o644, libc::O_WRONLY)
+            .unwrap();
+        let tmp_node = entry.inode.nodeid;
+        assert_eq!(named(&overlay, tmp_node), Some((ROOT_ID, "tmp.1".into())));
+        overlay.write(handle.fh, 0, b"new").unwrap();
+        overlay.release(handle.fh).unwrap();
+
+        let store = overlay
+            .create(CALLER, ROOT_ID, OsStr::new("store"), 0o644, libc::O_WRONLY)
+            .unwrap();
+        overlay.release(store.1.fh).unwrap();
+        let store_node = store.0.inode.nodeid;
+
+        overlay
+            .rename(
+                CALLER,
+                ROOT_ID,
+                OsStr::new("tmp.1"),
+                ROOT_ID,
+                OsStr::new("store"),
+                0,
+            )
+            .unwrap();
+        assert_eq!(named(&overlay, tmp_node), Some((ROOT_ID, "store".into())));
+        assert_eq!(
+            named(&overlay, store_node),
+            None,
+            "the replaced file has no name"
+        );
+
+        let again = overlay.lookup(ROOT_ID, OsStr::new("store")).unwrap();
+        assert_eq!(again.inode.nodeid, tmp_node);
+        assert_eq!(again.attr.size, 3);
+
+        overlay
+            .unlink(CALLER, ROOT_ID, OsStr::new("store"))
+            .unwrap();
+        assert_eq!(named(&overlay, tmp_node), None);
+    }
+
+    #[test]
+    fn exchange_swaps_names_and_lookups_count() {
+        let (tmp, overlay) = overlay();
+        std::fs::write(tmp.path().join("a"), "a").unwrap();
+        std::fs::write(tmp.path().join("b"), "bb").unwrap();
+        let a = overlay.lookup(ROOT_ID, OsStr::new("a")).unwrap().inode;
+        let b = overlay.lookup(ROOT_ID, OsStr::new("b")).unwrap().inode;
+        overlay
+            .rename(
+                CALLER,
+                ROOT_ID,
+                OsStr::new("a"),
+                ROOT_ID,
+                OsStr::new("b"),
+                libc::RENAME_EXCHANGE,
+            )
+            .unwrap();
+        assert_eq!(named(&overlay, a.nodeid), Some((ROOT_ID, "b".into())));
+        assert_eq!(named(&overlay, b.nodeid), Some((ROOT_ID, "a".into())));
+
+        overlay.lookup(ROOT_ID, OsStr::new("a")).unwrap();
+        assert_eq!(overlay.inodes().lookups(b.nodeid), 2);
+        overlay.forget(b.nodeid, 2);
+        assert_eq!(overlay.inodes().lookups(b.nodeid), 0);
+        assert!(overlay.inodes().get(b.nodeid).is_none(), "dropped at zero");
+        assert_eq!(sys::fstat(a.fd().as_fd()).unwrap().st_size, 1);
+    }
+
+    #[test]
+    fn nodeids_are_the_inode_numbers_below_and_hard_links_share_one() {
+        let (tmp, overlay) = overlay();
+        std::fs::write(tmp.path().join("f"), "x").unwrap();
+        std::fs::hard_link(tmp.path().join("f"), tmp.path().join("g")).unwrap();
+        let ino =
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(tmp.path().join("f")).unwrap());
+        let f = overlay.lookup(ROOT_ID, OsStr::new("f")).unwrap();
+        let g = overlay.lookup(ROOT_ID, OsStr::new("g")).unwrap();
+        assert_eq!(f.inode.nodeid, ino);
+        assert_eq!(g.inode.nodeid, ino);
+        assert_eq!(overlay.inodes().lookups(ino), 2);
+        assert_eq!(named(&overlay, ino), Some((ROOT_ID, "g".into())));
+    }
+
+    #[test]
+    fn errors_are_the_errno_below() {
+        let (_tmp, overlay) = overlay();
+        let err = overlay.lookup(ROOT_ID, OsStr::new("missing")).unwrap_err();
+        assert_eq!(err.code(), libc::ENOENT);
+        overlay
+            .mkdir(CALLER, ROOT_ID, OsStr::new("d"), 0o755)
+            .unwrap();
+        let err = overlay
+            .mkdir(CALLER, ROOT_ID, OsStr::new("d"), 0o755)
+            .unwrap_err();
+        assert_eq!(err.code(), libc::EEXIST);
+    }
 }

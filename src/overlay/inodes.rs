@@ -270,3 +270,39 @@ impl InodeStore {
         self.len() == 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys;
+
+    fn path_fd(path: &std::path::Path) -> (OwnedFd, Stat) {
+        let cpath = sys::cstr(path.as_os_str()).unwrap();
+        let cwd = unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) };
+        let fd = sys::openat(cwd, &cpath, libc::O_PATH, 0).unwrap();
+        let st = sys::fstat(fd.as_fd()).unwrap();
+        (fd, st)
+    }
+
+    #[test]
+    fn colliding_numbers_are_remapped_and_generations_differ() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), "x").unwrap();
+        let (root_fd, root_st) = path_fd(tmp.path());
+        let store = InodeStore::new(root_fd, &root_st);
+        let (fd, mut st) = path_fd(&tmp.path().join("f"));
+        // Pretend the file has inode number 1 on another device: it must not be the root.
+        st.st_ino = ROOT_ID;
+        st.st_dev = root_st.st_dev + 1;
+        let inode = store.intern(fd, &st);
+        assert_ne!(inode.nodeid, ROOT_ID);
+        assert!(inode.nodeid >= REMAP_BASE);
+        assert_ne!(inode.generation, 0);
+        let (fd2, st2) = path_fd(&tmp.path().join("f"));
+        let plain = store.intern(fd2, &st2);
+        assert_eq!(plain.nodeid, st2.st_ino);
+        assert_ne!(plain.generation, inode.generation);
+        store.forget(ROOT_ID, 100);
+        assert!(store.get(ROOT_ID).is_some(), "the root is never forgotten");
+    }
+}

@@ -208,7 +208,7 @@ fn redirect_stdio(log_file: Option<&Path>) {
                 .open(p)
                 .ok()
         })
-        .map(|f| std::os::fd::IntoRawFd::into_raw_fd(f));
+        .map(std::os::fd::IntoRawFd::into_raw_fd);
     unsafe {
         libc::dup2(null_fd, 0);
         libc::dup2(null_fd, 1);
@@ -378,11 +378,11 @@ fn spawn_signal_thread(mut unmounter: fuser::SessionUnmounter, dir: PathBuf) -> 
             tracing::info!("signal {signal}: unmounting {}", dir.display());
             // A session from our own mount(2) has nothing for fuser to unmount.
             let _ = unmounter.unmount();
-            if mounts::is_lockfs_mount(&dir) {
-                if let Err(e) = mounts::unmount(&dir, false) {
-                    tracing::warn!("unmount failed ({e}); detaching the mount");
-                    let _ = mounts::unmount(&dir, true);
-                }
+            if mounts::is_lockfs_mount(&dir)
+                && let Err(e) = mounts::unmount(&dir, false)
+            {
+                tracing::warn!("unmount failed ({e}); detaching the mount");
+                let _ = mounts::unmount(&dir, true);
             }
         })
         .context("start the signal thread")?;

@@ -46,12 +46,13 @@ fn unescape(text: &str) -> PathBuf {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            if let Ok(code) = u8::from_str_radix(&text[i + 1..i + 4], 8) {
-                out.push(code);
-                i += 4;
-                continue;
-            }
+        if bytes[i] == b'\\'
+            && i + 4 <= bytes.len()
+            && let Ok(code) = u8::from_str_radix(&text[i + 1..i + 4], 8)
+        {
+            out.push(code);
+            i += 4;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -105,7 +106,7 @@ pub fn mount_fuse(dir: &Path, allow_other: bool) -> io::Result<OwnedFd> {
             c"lockfs".as_ptr(),
             cdir.as_ptr(),
             c"fuse.lockfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
+            inherited_flags(dir),
             coptions.as_ptr().cast(),
         )
     };
@@ -113,4 +114,23 @@ pub fn mount_fuse(dir: &Path, allow_other: bool) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     Ok(OwnedFd::from(dev))
+}
+
+/// nosuid/nodev as on the file system below, so that the mount changes nothing there.
+fn inherited_flags(dir: &Path) -> libc::c_ulong {
+    let Ok(cdir) = CString::new(dir.as_os_str().as_bytes()) else {
+        return libc::MS_NOSUID | libc::MS_NODEV;
+    };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(cdir.as_ptr(), &mut st) } != 0 {
+        return libc::MS_NOSUID | libc::MS_NODEV;
+    }
+    let mut flags = 0;
+    if st.f_flag & libc::ST_NOSUID != 0 {
+        flags |= libc::MS_NOSUID;
+    }
+    if st.f_flag & libc::ST_NODEV != 0 {
+        flags |= libc::MS_NODEV;
+    }
+    flags
 }

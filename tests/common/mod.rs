@@ -55,10 +55,8 @@ impl Drop for MountGuard {
         if !self.mounted {
             return;
         }
-        let ok = lockfs(&["unmount", self.dir.to_str().unwrap()])
-            .status
-            .success();
-        if !ok || is_mounted(&self.dir) {
+        let _ = lockfs(&["unmount", self.dir.to_str().unwrap()]);
+        if is_mounted(&self.dir) {
             let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
         }
     }
@@ -120,4 +118,41 @@ pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
         std::thread::sleep(Duration::from_millis(10));
     }
     condition()
+}
+
+/// A script from tests/scripts.
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/scripts")
+        .join(name)
+}
+
+/// Runs `python3 tests/scripts/NAME ARGS...` and returns its output.
+pub fn python(name: &str, args: &[&str]) -> Output {
+    Command::new("python3")
+        .arg(script(name))
+        .args(args)
+        .output()
+        .expect("run python3")
+}
+
+/// The pid a daemon wrote to `pid_file` (`lockfs mount --pid-file`).
+pub fn read_pid(pid_file: &Path) -> u32 {
+    std::fs::read_to_string(pid_file)
+        .expect("read the pid file")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+/// Whether process `pid` still exists (and is not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }

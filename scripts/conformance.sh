@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Conformance of the lockfs overlay: pjdfstest natively and through a mount (every test
+# that passes natively must pass through the mount), then fsx through the mount; both in
+# the passthrough and the daemon read/write data path. Needs root (pjdfstest switches to
+# the dummy users nobody/nogroup and daemon/daemon).
+#
+# Usage: scripts/conformance.sh [path/to/lockfs]    (default: target/debug/lockfs)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+LOCKFS=${1:-target/debug/lockfs}
+[ -x "$LOCKFS" ] || cargo build --quiet
+LOCKFS=$(realpath "$LOCKFS")
+
+# Tests that cannot pass through any FUSE mount, with the reason.
+declare -A KNOWN=(
+  ["link::link_count_max"]="glibc pathconf(_PC_LINK_MAX) knows no limit for f_type FUSE, so the test skips"
+)
+
+for tool in pjdfstest fsx; do
+  if ! command -v "$tool" >/dev/null; then
+    echo "installing $tool (cargo install $tool)"
+    cargo install --quiet "$tool"
+  fi
+done
+
+WORK=$(mktemp -d /tmp/lockfs-conformance.XXXXXX)
+chmod 755 "$WORK"   # the dummy users must reach the test dirs
+MNT="$WORK/mnt"
+cleanup() {
+  if grep -q " $MNT " /proc/self/mountinfo; then
+    "$LOCKFS" unmount "$MNT" 2>/dev/null || umount -l "$MNT"
+  fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+cat > "$WORK/pjdfstest.toml" <<'TOML'
+[features]
+posix_fallocate = {}
+rename_ctime = {}
+utime_now = {}
+utimensat = {}
+
+[settings]
+naptime = 0.05
+allow_remount = false
+
+[dummy_auth]
+entries = [
+  ["nobody", "nogroup"],
+  ["daemon", "daemon"],
+]
+TOML
+
+# "name status" lines of a pjdfstest run in directory $1.
+run_pjdfstest() {
+  (cd "$1" && pjdfstest -c "$WORK/pjdfstest.toml" -p "$1" > "$2" 2>&1) || true
+  grep -E '^[a-z_:0-9]+ +(ok|FAILED|skipped)$' "$2" | awk '{print $1, $2}' | sort
+}
+
+mkdir "$WORK/native"
+run_pjdfstest "$WORK/native" "$WORK/native.log" > "$WORK/native.txt"
+native_passed=$(grep -c ' ok$' "$WORK/native.txt" || true)
+echo "pjdfstest native: $native_passed passed"
+[ "$native_passed" -gt 300 ] || { echo "native run looks broken:"; tail -20 "$WORK/native.log"; exit 1; }
+
+status=0
+for mode in passthrough no-passthrough; do
+  mkdir -p "$MNT"
+  args=(--allow-other --log-file "$WORK/daemon-$mode.log")
+  [ "$mode" = no-passthrough ] && args+=(--no-passthrough)
+  "$LOCKFS" mount "$MNT" "${args[@]}"
+
+  run_pjdfstest "$MNT" "$WORK/mount-$mode.log" > "$WORK/mount-$mode.txt"
+  mount_passed=$(grep -c ' ok$' "$WORK/mount-$mode.txt" || true)
+  echo "pjdfstest through lockfs ($mode): $mount_passed passed"
+  while read -r name _; do
+    got=$(awk -v n="$name" '$1 == n {print $2}' "$WORK/mount-$mode.txt")
+    [ "$got" = ok ] && continue
+    if [ -n "${KNOWN[$name]:-}" ]; then
+      echo "  known: $name $got (${KNOWN[$name]})"
+    else
+      echo "  REGRESSION: $name passes natively, through lockfs: ${got:-missing}"
+      grep -A3 "^$name " "$WORK/mount-$mode.log" | sed 's/^/    /' || true
+      status=1
+    fi
+  done < <(grep ' ok$' "$WORK/native.txt")
+
+  if (cd "$MNT" && fsx -N 20000 -S 42 "$MNT/fsxfile" > "$WORK/fsx-$mode.log" 2>&1); then
+    echo "fsx through lockfs ($mode): $(tail -1 "$WORK/fsx-$mode.log")"
+  else
+    echo "fsx through lockfs ($mode) FAILED:"
+    tail -30 "$WORK/fsx-$mode.log"
+    status=1
+  fi
+  "$LOCKFS" unmount "$MNT"
+done
+
+[ "$status" -eq 0 ] && echo "conformance: OK" || echo "conformance: FAILED"
+exit "$status"

@@ -1,0 +1,97 @@
+//! Readers racing a rename-over (S10) and SQLite in WAL mode (S11), through the mount.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{MountGuard, script, state_dir};
+
+fn readers_never_see_missing_or_torn_files(args: &[&str]) {
+    let (_tmp, state) = state_dir();
+    std::fs::write(state.join("store.json"), "{\"version\": -1}").unwrap();
+    let _mount = MountGuard::mount(&state, args);
+    let dir = state.to_str().unwrap();
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            Command::new("python3")
+                .arg(script("rename_race.py"))
+                .args(["reader", dir, "120"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let writer = Command::new("python3")
+        .arg(script("rename_race.py"))
+        .args(["writer", dir, "500"])
+        .output()
+        .unwrap();
+    assert!(
+        writer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&writer.stderr)
+    );
+    for reader in readers {
+        let out = reader.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "reader failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let reads: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        assert!(reads > 0, "the reader read while the writer ran");
+    }
+}
+
+#[test]
+fn s10_readers_racing_rename_over_see_old_or_new_content() {
+    readers_never_see_missing_or_torn_files(&[]);
+}
+
+#[test]
+fn s10_with_daemon_io() {
+    readers_never_see_missing_or_torn_files(&["--no-passthrough"]);
+}
+
+#[test]
+fn s11_sqlite_wal_with_three_writer_processes_loses_no_row() {
+    let (_tmp, state) = state_dir();
+    let _mount = MountGuard::mount(&state, &[]);
+    let db = state.join("app.sqlite");
+    let db = db.to_str().unwrap();
+    let init = common::python("sqlite_writers.py", &[db, "init"]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            Command::new("python3")
+                .arg(script("sqlite_writers.py"))
+                .args([db, &w.to_string(), "200"])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for writer in writers {
+        let out = writer.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let count = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3; db = sqlite3.connect('{db}'); \
+             print(db.execute('PRAGMA journal_mode').fetchone()[0], \
+             db.execute('SELECT count(*) FROM t').fetchone()[0])"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&count.stdout).trim(), "wal 600");
+}
