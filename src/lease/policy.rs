@@ -20,7 +20,7 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Self {
         Policy {
-            linger: Duration::from_millis(50),
+            linger: Duration::from_millis(100),
             max_linger: Duration::from_millis(1000),
             linger_gap_factor: 4,
             max_hold: Duration::from_secs(10),

@@ -18,9 +18,7 @@ use super::Caller;
 use super::core::Overlay;
 use super::handles::FileHandle;
 use super::inodes::{Inode, InodeKey, ROOT_ID};
-use crate::lease::{
-    Action, Admission, Counters, Engine, Grant, Intent, LeaseView, Policy, WaitId,
-};
+use crate::lease::{Action, Admission, Counters, Engine, Grant, Intent, LeaseView, Policy, WaitId};
 use crate::platform::{self, ExitWatch, ProcessId};
 use crate::sys;
 
@@ -30,6 +28,9 @@ pub type FileKey = (u64, OsString);
 /// How often parked waiters are checked for a pending SIGKILL: the kernel does not let a
 /// killed process go until its request is answered, and fuser drops FUSE_INTERRUPT.
 const DYING_WAITER_POLL: Duration = Duration::from_millis(20);
+
+/// How long a lease waits for the kernel to retry an open answered with ESTALE.
+const RETRY_WINDOW: Duration = Duration::from_millis(200);
 
 /// How many recently written files are remembered per process, for the shell handoff.
 const RECENT_WRITES: usize = 8;
@@ -73,6 +74,8 @@ pub struct Gate {
     engine: Mutex<Engine<FileKey>>,
     parked: Mutex<HashMap<WaitId, Parked>>,
     handle_leases: Mutex<HashMap<u64, HandleLease>>,
+    /// Leases kept for an open answered with ESTALE: the kernel's retry takes them.
+    retries: Mutex<HashMap<(ProcessId, FileKey), (Held, Duration)>>,
     recent_writes: Mutex<HashMap<ProcessId, VecDeque<Written>>>,
     commands: Mutex<HashMap<ProcessId, String>>,
     exits: OnceLock<Arc<ExitWatch>>,
@@ -95,6 +98,7 @@ impl Gate {
             engine: Mutex::new(Engine::new(policy)),
             parked: Mutex::new(HashMap::new()),
             handle_leases: Mutex::new(HashMap::new()),
+            retries: Mutex::new(HashMap::new()),
             recent_writes: Mutex::new(HashMap::new()),
             commands: Mutex::new(HashMap::new()),
             exits: OnceLock::new(),
@@ -184,7 +188,9 @@ impl Gate {
         if inode.file_type != libc::S_IFREG {
             return None;
         }
-        let named = inode.named_at()?;
+        // A replaced file keeps its former name: an open that reached it late must still
+        // take the lease on that name, then be sent to look the name up again.
+        let named = inode.last_name()?;
         let key = (named.parent, named.name);
         self.is_managed(&key).then_some((key, inode))
     }
@@ -208,7 +214,12 @@ impl Gate {
         let mut parts = vec![key.1.clone()];
         let mut dir = key.0;
         while dir != ROOT_ID {
-            match self.core.inodes().get(dir).and_then(|inode| inode.named_at()) {
+            match self
+                .core
+                .inodes()
+                .get(dir)
+                .and_then(|inode| inode.named_at())
+            {
                 Some(named) => {
                     parts.push(named.name);
                     dir = named.parent;
@@ -243,14 +254,33 @@ impl Gate {
     }
 
     /// Asks for a lease for the thread `caller`; `run` gets the answer now or later.
-    pub fn admit(&self, caller: Caller, key: FileKey, intent: Intent, run: Continuation) {
+    /// `handoff` names the file being renamed onto `key`, which may carry a dead holder's
+    /// lease with it.
+    pub fn admit(
+        &self,
+        caller: Caller,
+        key: FileKey,
+        intent: Intent,
+        handoff: Option<u64>,
+        run: Continuation,
+    ) {
         let holder = match platform::process_of_thread(caller.pid) {
             Ok(holder) => holder,
             // The caller is gone already: nobody waits for this answer.
             Err(_) => return run(Err(Errno::EINTR)),
         };
         self.watch(holder);
+        let retry = self.retries.lock().remove(&(holder, key.clone()));
+        if let Some((held, _)) = retry {
+            return run(Ok(held));
+        }
+        self.reap_dead_holders(&key, holder);
         let mut engine = self.engine.lock();
+        let token = handoff.filter(|token| engine.handoff_token(&key) == Some(*token));
+        if let Some(grant) = token.and_then(|token| engine.adopt(self.now(), &key, token, holder)) {
+            drop(engine);
+            return run(Ok(Held { grant, holder, key }));
+        }
         let admission = engine.acquire(self.now(), &key, holder, intent, None);
         tracing::trace!(path = %self.path_of(&key), pid = holder.pid, ?intent, ?admission, "admit");
         match admission {
@@ -265,7 +295,6 @@ impl Gate {
                 run(Err(Errno::ESTALE))
             }
             Admission::Queued(wait) => {
-                let others = engine.holders_of(&key);
                 self.parked.lock().insert(
                     wait,
                     Parked {
@@ -276,13 +305,18 @@ impl Gate {
                     },
                 );
                 drop(engine);
-                // A holder whose exit is not yet reported must not keep anyone waiting.
-                for other in others {
-                    if other != holder && !platform::is_alive(other) {
-                        self.process_exited(other);
-                    }
-                }
                 self.notify_timer();
+            }
+        }
+    }
+
+    /// A holder whose exit is not reported yet must not keep anyone waiting, nor keep a
+    /// rename of its temp file from taking over its lease.
+    fn reap_dead_holders(&self, key: &FileKey, asking: ProcessId) {
+        let others = self.engine.lock().holders_of(key);
+        for other in others {
+            if other != asking && !platform::is_alive(other) {
+                self.process_exited(other);
             }
         }
     }
@@ -301,10 +335,36 @@ impl Gate {
     /// Ends a use that did not touch the file (the open is answered with ESTALE so that
     /// the kernel looks the name up again and retries within the same cycle).
     pub fn finish_unused(&self, held: &Held) {
-        let actions =
-            self.engine
-                .lock()
-                .finish_unused(self.now(), held.grant.lease, held.holder);
+        let now = self.now();
+        self.retries
+            .lock()
+            .insert((held.holder, held.key.clone()), (held.clone(), now));
+    }
+
+    /// Ends reservations for retries that never came (the name is gone, say).
+    fn expire_retries(&self) {
+        let now = self.now();
+        let expired: Vec<Held> = {
+            let mut retries = self.retries.lock();
+            let old: Vec<_> = retries
+                .iter()
+                .filter(|(_, (_, at))| now.saturating_sub(*at) > RETRY_WINDOW)
+                .map(|(k, _)| k.clone())
+                .collect();
+            old.into_iter()
+                .filter_map(|k| retries.remove(&k).map(|(held, _)| held))
+                .collect()
+        };
+        for held in expired {
+            self.finish_unused_now(&held);
+        }
+    }
+
+    fn finish_unused_now(&self, held: &Held) {
+        let actions = self
+            .engine
+            .lock()
+            .finish_unused(self.now(), held.grant.lease, held.holder);
         self.notify_timer();
         self.execute(actions);
     }
@@ -346,31 +406,12 @@ impl Gate {
         let Some(lease) = self.handle_leases.lock().remove(&handle.fh) else {
             return;
         };
-        let wrote = lease.writes
-            && (lease.truncated_or_created || fingerprint(handle) != lease.before);
+        let wrote =
+            lease.writes && (lease.truncated_or_created || fingerprint(handle) != lease.before);
         if wrote {
             self.engine.lock().activity(self.now(), lease.held.holder);
         }
         self.finish(&lease.held, wrote);
-    }
-
-    /// The temp file `from` is renamed onto `key`: if a dead holder's lease waits for
-    /// exactly that file, `mover` takes it over.
-    pub fn adopt_handoff(&self, caller: Caller, key: &FileKey, from_ino: u64) -> Option<Held> {
-        let mut engine = self.engine.lock();
-        let token = engine.handoff_token(key)?;
-        if token != from_ino {
-            return None;
-        }
-        let holder = platform::process_of_thread(caller.pid).ok()?;
-        let grant = engine.adopt(self.now(), key, token, holder)?;
-        drop(engine);
-        self.watch(holder);
-        Some(Held {
-            grant,
-            holder,
-            key: key.clone(),
-        })
     }
 
     /// A file the process wrote: it may be the temp file of a cycle on another file.
@@ -437,6 +478,9 @@ impl Gate {
             }
         }
         self.commands.lock().remove(&process);
+        self.retries
+            .lock()
+            .retain(|(holder, _), _| *holder != process);
         self.notify_timer();
         self.execute(actions);
     }
@@ -506,6 +550,7 @@ impl Gate {
 
     /// One pass of the timer: due deadlines, and parked waiters whose thread is dying.
     fn tick(&self) -> Option<Duration> {
+        self.expire_retries();
         let actions = self.engine.lock().tick(self.now());
         self.execute(actions);
         let dying: Vec<WaitId> = self
@@ -524,7 +569,8 @@ impl Gate {
             self.execute(actions);
         }
         let next = self.engine.lock().next_deadline();
-        let poll = (!self.parked.lock().is_empty()).then(|| self.now() + DYING_WAITER_POLL);
+        let busy = !self.parked.lock().is_empty() || !self.retries.lock().is_empty();
+        let poll = busy.then(|| self.now() + DYING_WAITER_POLL);
         let next = match (next, poll) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -596,19 +642,41 @@ mod tests {
 
     #[test]
     fn sqlite_and_lock_files_are_left_alone() {
-        for name in ["app.sqlite", "x.db", "x.db-wal", "x.db-shm", "j-journal", "s.jsonl.lock"] {
+        for name in [
+            "app.sqlite",
+            "x.db",
+            "x.db-wal",
+            "x.db-shm",
+            "j-journal",
+            "s.jsonl.lock",
+        ] {
             assert!(left_alone(OsStr::new(name), None), "{name}");
         }
-        assert!(left_alone(OsStr::new("pid"), Some(OsStr::new("store.json.lock"))));
-        assert!(!left_alone(OsStr::new("store.json"), Some(OsStr::new("state"))));
+        assert!(left_alone(
+            OsStr::new("pid"),
+            Some(OsStr::new("store.json.lock"))
+        ));
+        assert!(!left_alone(
+            OsStr::new("store.json"),
+            Some(OsStr::new("state"))
+        ));
     }
 
     #[test]
     fn open_flags_map_to_intents() {
         assert_eq!(intent_of_open(libc::O_RDONLY), Intent::Read);
-        assert_eq!(intent_of_open(libc::O_WRONLY | libc::O_TRUNC), Intent::Write);
+        assert_eq!(
+            intent_of_open(libc::O_WRONLY | libc::O_TRUNC),
+            Intent::Write
+        );
         assert_eq!(intent_of_open(libc::O_RDWR), Intent::Write);
-        assert_eq!(intent_of_open(libc::O_WRONLY | libc::O_APPEND), Intent::Append);
-        assert_eq!(intent_of_open(libc::O_RDONLY | libc::O_TRUNC), Intent::Write);
+        assert_eq!(
+            intent_of_open(libc::O_WRONLY | libc::O_APPEND),
+            Intent::Append
+        );
+        assert_eq!(
+            intent_of_open(libc::O_RDONLY | libc::O_TRUNC),
+            Intent::Write
+        );
     }
 }

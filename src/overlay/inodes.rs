@@ -52,6 +52,8 @@ pub struct Inode {
     pub file_type: u32,
     fd: OwnedFd,
     name: Mutex<Option<NamedAt>>,
+    /// The name this inode had before it was unlinked or renamed over.
+    former_name: Mutex<Option<NamedAt>>,
     /// The passthrough backing file shared by every open handle of this inode.
     backing: Mutex<Weak<BackingId>>,
 }
@@ -76,6 +78,11 @@ impl Inode {
         self.name.lock().clone()
     }
 
+    /// The current name, or the one it had before it was unlinked or replaced.
+    pub fn last_name(&self) -> Option<NamedAt> {
+        self.named_at().or_else(|| self.former_name.lock().clone())
+    }
+
     pub fn set_name(&self, parent: u64, name: &OsStr) {
         *self.name.lock() = Some(NamedAt {
             parent,
@@ -90,7 +97,7 @@ impl Inode {
             .as_ref()
             .is_some_and(|at| at.parent == parent && at.name == name)
         {
-            *slot = None;
+            *self.former_name.lock() = slot.take();
         }
     }
 
@@ -138,6 +145,7 @@ impl InodeStore {
             file_type: root_stat.st_mode & libc::S_IFMT,
             fd: root_fd,
             name: Mutex::new(None),
+            former_name: Mutex::new(None),
             backing: Mutex::new(Weak::new()),
         });
         let mut tables = Tables {
@@ -217,6 +225,7 @@ impl InodeStore {
             file_type: st.st_mode & libc::S_IFMT,
             fd,
             name: Mutex::new(None),
+            former_name: Mutex::new(None),
             backing: Mutex::new(Weak::new()),
         });
         tables.by_node.insert(

@@ -34,6 +34,7 @@ impl Leased {
             caller,
             key,
             intent,
+            None,
             Box::new(move |outcome| {
                 let held = match outcome {
                     Ok(held) => held,
@@ -83,6 +84,7 @@ impl Leased {
             caller,
             key,
             intent,
+            None,
             Box::new(move |outcome| {
                 let held = match outcome {
                     Ok(held) => held,
@@ -112,6 +114,7 @@ impl Leased {
             caller,
             key,
             Intent::Write,
+            None,
             Box::new(move |outcome| {
                 let held = match outcome {
                     Ok(held) => held,
@@ -155,11 +158,9 @@ impl Leased {
             gate.finish(&held, result.is_ok());
             reply_empty(reply, result);
         };
-        let from_ino = moved.map(|st| InodeKey::of(&st).ino).unwrap_or(0);
-        if let Some(held) = self.gate.adopt_handoff(caller, &target, from_ino) {
-            return run(Ok(held));
-        }
-        self.gate.admit(caller, target, Intent::Write, Box::new(run));
+        let from_ino = moved.map(|st| InodeKey::of(&st).ino);
+        self.gate
+            .admit(caller, target, Intent::Write, from_ino, Box::new(run));
     }
 
     pub fn link(
@@ -179,6 +180,7 @@ impl Leased {
             caller,
             key,
             Intent::Write,
+            None,
             Box::new(move |outcome| {
                 let held = match outcome {
                     Ok(held) => held,
@@ -206,6 +208,7 @@ impl Leased {
             caller,
             key,
             Intent::Write,
+            None,
             Box::new(move |outcome| {
                 let held = match outcome {
                     Ok(held) => held,
