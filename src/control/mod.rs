@@ -78,9 +78,7 @@ pub fn status_command(args: StatusArgs) -> anyhow::Result<ExitCode> {
             out.push_str("\x1b[H\x1b[2J");
         }
         out.push_str(&render_results(&results, args.json, single)?);
-        let mut stdout = std::io::stdout().lock();
-        stdout.write_all(out.as_bytes())?;
-        stdout.flush()?;
+        write_stdout(&out)?;
         if !args.watch {
             return Ok(if failed {
                 ExitCode::FAILURE
@@ -184,8 +182,20 @@ fn print_reports(reports: &[StatusReport], json: bool, single: bool) -> anyhow::
             .collect::<Vec<_>>()
             .join("\n")
     };
-    std::io::stdout().write_all(text.as_bytes())?;
+    write_stdout(&text)?;
     Ok(())
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+pub(crate) fn write_stdout(text: &str) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 fn render_results(
@@ -239,7 +249,7 @@ pub fn break_command(args: BreakArgs) -> anyhow::Result<ExitCode> {
     for socket in &target.sockets {
         match client::break_lease(socket, &relative) {
             Ok(message) => {
-                println!("{message}");
+                write_stdout(&format!("{message}\n"))?;
                 return Ok(ExitCode::SUCCESS);
             }
             Err(ClientError::NoDaemon(err)) => last_error = Some(ClientError::NoDaemon(err)),

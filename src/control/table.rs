@@ -32,8 +32,8 @@ pub fn render(report: &StatusReport) -> String {
     } else {
         let _ = writeln!(
             out,
-            "{:<PATH_WIDTH$} {:<STATE_WIDTH$} {:>HELD_WIDTH$} {}",
-            "PATH", "STATE", "HELD", "HOLDER"
+            "{:<PATH_WIDTH$} {:<STATE_WIDTH$} {:>HELD_WIDTH$} HOLDER",
+            "PATH", "STATE", "HELD"
         );
         for lease in &report.leases {
             render_lease(&mut out, lease);
