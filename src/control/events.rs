@@ -5,7 +5,16 @@
 //! Pass `cmd` when you captured it earlier (a dead process has no command line left);
 //! `None` looks it up now.
 
+use crate::lease::EndReason;
 use crate::platform::{ProcessId, command_line};
+
+/// The `reason` field for a revocation the engine reported.
+pub fn revocation_reason(reason: EndReason) -> &'static str {
+    match reason {
+        EndReason::MaxHold => "held past max_hold",
+        EndReason::Manual => "lockfs break",
+    }
+}
 
 fn command_of(holder: ProcessId, cmd: Option<&str>) -> String {
     cmd.map(str::to_string)
