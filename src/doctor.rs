@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
-pub use mounts::{OpenPath, bypassing, dead_mounts};
+pub use mounts::{OpenPath, bypassing, dead_mounts, open_paths_under};
 
 use crate::control::mounts::LockfsMount;
 
