@@ -62,8 +62,9 @@ struct Target {
 }
 
 pub fn status_command(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let (targets, single) = status_targets(&args)?;
     loop {
+        // Re-read the mounts each round: `--watch` follows mounts coming and going.
+        let (targets, single) = status_targets(&args)?;
         let results: Vec<(PathBuf, anyhow::Result<StatusReport>)> = targets
             .iter()
             .map(|target| (target.mount.clone(), fetch_status(target)))
