@@ -13,7 +13,7 @@ cargo build --release --locked
 bin=target/release/lockfs
 stage=target/packaging
 rm -rf "$stage"
-mkdir -p "$stage/man" "$stage/completions" "$stage/node"
+mkdir -p "$stage/man" "$stage/completions"
 
 "$bin" man "$stage/man"
 gzip -9n "$stage"/man/*.1
@@ -21,11 +21,12 @@ gzip -9n "$stage"/man/*.1
 "$bin" completions zsh >"$stage/completions/_lockfs"
 "$bin" completions fish >"$stage/completions/lockfs.fish"
 
-# The Node preload shim ships once it exists; an empty placeholder keeps the asset glob
-# matching until then, and is left out of the package by name.
+# The Node preload shim ships once it exists (see the with-shim variant in Cargo.toml).
+variant=""
 if [ -f packaging/node/lockfs-shim.js ]; then
-    cp packaging/node/lockfs-shim.js "$stage/node/"
+    variant="--variant=with-shim"
 fi
 
-cargo deb --no-build --locked "$@"
+rm -f target/debian/lockfs_*.deb
+cargo deb --no-build --locked $variant "$@"
 ls -l target/debian/*.deb
