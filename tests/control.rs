@@ -335,3 +335,85 @@ fn which(name: &str) -> Option<PathBuf> {
         .map(|dir| dir.join(name))
         .find(|path| path.is_file())
 }
+
+/// The wiring the overlay does: the real engine behind the control socket.
+struct EngineDaemon {
+    engine: Mutex<lockfs::lease::Engine<String>>,
+    epoch: Instant,
+    policy: Policy,
+}
+
+impl ControlHandler for EngineDaemon {
+    fn status(&self) -> StatusReport {
+        let engine = self.engine.lock().unwrap();
+        let now = self.epoch.elapsed();
+        StatusReport::from_engine(
+            engine.snapshot(now),
+            engine.counters(),
+            |key: &String| key.clone(),
+            DaemonInfo {
+                mount: Path::new("/engine/mount"),
+                started: self.epoch,
+                passthrough: true,
+                policy: &self.policy,
+            },
+        )
+    }
+
+    fn break_lease(&self, path: &Path) -> Result<String, String> {
+        let key = path.to_string_lossy().into_owned();
+        let mut engine = self.engine.lock().unwrap();
+        let now = self.epoch.elapsed();
+        let (message, _actions) = lockfs::control::revoke_by_hand(&mut engine, now, &key, &key);
+        Ok(message)
+    }
+}
+
+#[test]
+fn the_real_engine_behind_the_socket() {
+    let policy = Policy::default();
+    let daemon = Arc::new(EngineDaemon {
+        engine: Mutex::new(lockfs::lease::Engine::new(policy.clone())),
+        epoch: Instant::now(),
+        policy,
+    });
+    let me = lockfs::platform::process(std::process::id()).unwrap();
+    let other = ProcessId {
+        pid: 1,
+        start_time: lockfs::platform::start_time(1).unwrap(),
+    };
+    {
+        let mut engine = daemon.engine.lock().unwrap();
+        let now = daemon.epoch.elapsed();
+        let key = "openclaw.json".to_string();
+        engine.acquire(now, &key, me, Intent::Write, None);
+        engine.acquire(now, &key, other, Intent::Read, None);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = socket_in(tmp.path());
+    let _server = Server::start(&socket, daemon.clone()).unwrap();
+    let report = client::status(&socket).unwrap();
+    let lease = &report.leases[0];
+    assert_eq!(lease.path, "openclaw.json");
+    assert_eq!(lease.holder.as_ref().unwrap().pid, me.pid);
+    assert_eq!(lease.waiters[0].pid, 1);
+    let message = client::break_lease(&socket, "openclaw.json").unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "revoked lease on openclaw.json held by pid {}",
+            me.pid
+        )),
+        "{message}"
+    );
+    let report = client::status(&socket).unwrap();
+    assert_eq!(report.counters["revocations"], 1);
+    assert_eq!(
+        report.leases[0].holder.as_ref().unwrap().pid,
+        1,
+        "the waiter got it"
+    );
+    assert_eq!(
+        client::break_lease(&socket, "absent.json").unwrap(),
+        "no lease on absent.json"
+    );
+}
