@@ -4,6 +4,7 @@
 //! directory itself ([`overlay`]) and a local daemon reached through a client library
 //! ([`proxy`]) where FUSE is not available.
 
+pub mod config;
 pub mod control;
 pub mod demo;
 pub mod doctor;

@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// lockfs keeps programs that share a state directory from losing each other's updates.
 ///
@@ -39,6 +39,12 @@ enum Command {
     Run(lockfs::proxy::RunArgs),
     /// Show what lockfs does: racing writers on a temp dir, without and with the mount.
     Demo(lockfs::demo::DemoArgs),
+    /// Print a shell completion script (for packaging).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the lockfs(1) man page, or write a page per command into DIR (for packaging).
+    #[command(hide = true)]
+    Man { dir: Option<std::path::PathBuf> },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +59,11 @@ fn main() -> ExitCode {
         Command::Serve(args) => lockfs::proxy::serve_command(args),
         Command::Run(args) => lockfs::proxy::run_command(args),
         Command::Demo(args) => lockfs::demo::demo_command(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "lockfs", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { dir } => write_man(dir),
     };
     match result {
         Ok(code) => code,
@@ -61,4 +72,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn write_man(dir: Option<std::path::PathBuf>) -> anyhow::Result<ExitCode> {
+    match dir {
+        Some(dir) => clap_mangen::generate_to(Cli::command(), dir)?,
+        None => clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?,
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -45,6 +45,10 @@ pub struct LeaseOptions {
     /// Leave files matching GLOB alone (no lease), relative to the mount root; repeatable.
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
+    /// Read defaults, excludes and per-path rules from this TOML file instead of
+    /// $XDG_CONFIG_HOME/lockfs/config.toml (~/.config/lockfs/config.toml). Flags win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 /// Parses `250ms`, `10s`, `2m`, `1h` or a bare number of seconds.

@@ -1,0 +1,124 @@
+//! The three log lines an operator must be able to find: a revocation, a fenced commit, and
+//! a holder that died mid-cycle. Each names the path, the holder (pid, start time, command)
+//! and the reason as tracing fields, so `--log-format json` carries them as JSON fields.
+//!
+//! Pass `cmd` when you captured it earlier (a dead process has no command line left);
+//! `None` looks it up now.
+
+use crate::lease::EndReason;
+use crate::platform::{ProcessId, command_line};
+
+/// The `reason` field for a revocation the engine reported.
+pub fn revocation_reason(reason: EndReason) -> &'static str {
+    match reason {
+        EndReason::MaxHold => "held past max_hold",
+        EndReason::Manual => "lockfs break",
+    }
+}
+
+fn command_of(holder: ProcessId, cmd: Option<&str>) -> String {
+    cmd.map(str::to_string)
+        .unwrap_or_else(|| command_line(holder.pid))
+}
+
+/// A lease taken away from its holder (at the maximum hold, or by `lockfs break`).
+pub fn revocation(path: &str, holder: ProcessId, cmd: Option<&str>, reason: &str) {
+    let cmd = command_of(holder, cmd);
+    tracing::warn!(
+        event = "revocation",
+        path,
+        holder_pid = holder.pid,
+        holder_start_time = holder.start_time,
+        holder_cmd = %cmd,
+        reason,
+        "revoked lease on {path} held by pid {} ({cmd}): {reason}",
+        holder.pid
+    );
+}
+
+/// A save refused because the file changed since the holder read it (its lease was revoked).
+pub fn fenced_commit(path: &str, holder: ProcessId, cmd: Option<&str>, reason: &str) {
+    let cmd = command_of(holder, cmd);
+    tracing::warn!(
+        event = "fenced_commit",
+        path,
+        holder_pid = holder.pid,
+        holder_start_time = holder.start_time,
+        holder_cmd = %cmd,
+        reason,
+        "refused commit on {path} by pid {} ({cmd}): {reason}",
+        holder.pid
+    );
+}
+
+/// A holder that exited while holding a lease, before its commit.
+pub fn holder_died_mid_cycle(path: &str, holder: ProcessId, cmd: Option<&str>, reason: &str) {
+    let cmd = command_of(holder, cmd);
+    tracing::warn!(
+        event = "holder_died_mid_cycle",
+        path,
+        holder_pid = holder.pid,
+        holder_start_time = holder.start_time,
+        holder_cmd = %cmd,
+        reason,
+        "holder of {path}, pid {} ({cmd}), exited mid-cycle: {reason}",
+        holder.pid
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_logs_carry_path_holder_and_reason() {
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        let holder = ProcessId {
+            pid: 4242,
+            start_time: 99,
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            revocation("a.json", holder, Some("node app.js"), "max_hold");
+            fenced_commit("b.json", holder, Some("node app.js"), "lease revoked");
+            holder_died_mid_cycle("c.json", holder, Some("python3 x.py"), "exited");
+        });
+        let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let events = ["revocation", "fenced_commit", "holder_died_mid_cycle"];
+        for (line, event) in lines.iter().zip(events) {
+            let fields = &line["fields"];
+            assert_eq!(fields["event"], event);
+            assert_eq!(fields["holder_pid"], 4242);
+            assert_eq!(fields["holder_start_time"], 99);
+            assert!(fields["holder_cmd"].is_string());
+            assert!(fields["path"].is_string());
+            assert!(fields["reason"].is_string());
+        }
+        assert_eq!(lines[2]["fields"]["holder_cmd"], "python3 x.py");
+    }
+}
