@@ -100,6 +100,11 @@ struct Lease {
     id: LeaseId,
     mode: Mode,
     granted_at: Duration,
+    /// Temp files written during this cycle: their leases end with this one (and commit
+    /// if they wrote), so nobody truncates a temp file before its rename.
+    ties: Vec<(LeaseId, bool)>,
+    /// This lease is a temp file's, tied to another cycle: it has no linger of its own.
+    tied: bool,
 }
 
 #[derive(Debug)]
@@ -135,6 +140,9 @@ fn entry_seen_by<K: Eq + Hash>(entries: &mut HashMap<K, Entry>, key: &K, delta: 
     }
 }
 
+/// Read-only cycles in a row after which a process counts as a reader of a file.
+const READER_STREAK: u32 = 2;
+
 /// Per-file FIFO leases. `K` names a file (a path, or a parent inode and a name).
 pub struct Engine<K> {
     policy: Policy,
@@ -149,6 +157,11 @@ pub struct Engine<K> {
     /// Generations are drawn from one sequence for all files, so a file forgotten and
     /// met again never shows a generation older than one handed out before.
     commits: u64,
+    /// How many read-only cycles in a row each process has had on each file: a process
+    /// that keeps reading without saving is a reader, and its lease ends at close.
+    read_streaks: HashMap<(K, Holder), u32>,
+    /// Leases tied to one that just ended, still to be ended in turn.
+    untied: Vec<(LeaseId, bool)>,
 }
 
 impl<K: Clone + Eq + Hash> Engine<K> {
@@ -162,6 +175,8 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             counters: Counters::default(),
             next_id: 1,
             commits: 0,
+            read_streaks: HashMap::new(),
+            untied: Vec::new(),
         }
     }
 
@@ -243,6 +258,15 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 _ => Join::Queue,
             },
         };
+        if intent == Intent::Read
+            && matches!(joined, Join::Joined(_))
+            && self
+                .seen
+                .insert((key.clone(), holder), generation)
+                .is_none()
+        {
+            entry_seen_by(&mut self.entries, key, 1);
+        }
         let grant = match joined {
             Join::Joined(lease) => Grant { lease, generation },
             Join::Start => self.start_lease(now, key, holder, intent),
@@ -295,6 +319,8 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             id,
             mode,
             granted_at: now,
+            ties: Vec::new(),
+            tied: false,
         });
         let generation = entry.generation;
         self.active.insert(id, key.clone());
@@ -384,11 +410,36 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             *view = generation;
         }
         let mut actions = Vec::new();
+        if ended && wrote {
+            self.read_streaks.remove(&(key.clone(), holder));
+        }
         if ended {
             self.end_lease(&key);
             self.grant_waiters(now, &key, &mut actions);
+        } else if self.ends_at_close(&key, holder) {
+            self.end_read_only(&key);
+            self.grant_waiters(now, &key, &mut actions);
         }
         actions
+    }
+
+    /// A known reader's cycle ends when its last handle closes.
+    fn ends_at_close(&self, key: &K, holder: Holder) -> bool {
+        let entry = &self.entries[key];
+        matches!(
+            entry.lease.as_ref(),
+            Some(Lease {
+                mode: Mode::Exclusive {
+                    holder: h,
+                    uses: 0,
+                    writing: false,
+                    bound: None,
+                    ..
+                },
+                tied: false,
+                ..
+            }) if *h == holder
+        ) && self.linger_for(key, entry, holder).is_zero()
     }
 
     /// Ends a use that did not touch the file (an open answered with a retry): the holder
@@ -429,21 +480,90 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         self.finish(now, lease, holder, false)
     }
 
+    /// Ties `holder`'s lease on the temp file `temp` to its read cycle on `to`: the temp
+    /// lease then ends (committing if `wrote`) when that cycle ends. `release_use` ends
+    /// one use of the temp lease first (its handle closed); otherwise all uses end (the
+    /// holder died). False when there is nothing to tie, and nothing changed.
+    pub fn tie(
+        &mut self,
+        temp: &K,
+        holder: Holder,
+        wrote: bool,
+        to: &K,
+        release_use: bool,
+    ) -> bool {
+        if !self.is_reading(to, holder) {
+            return false;
+        }
+        let Some(Lease {
+            id,
+            mode: Mode::Exclusive {
+                holder: h, uses, ..
+            },
+            tied,
+            ..
+        }) = self
+            .entries
+            .get_mut(temp)
+            .and_then(|entry| entry.lease.as_mut())
+        else {
+            return false;
+        };
+        if *h != holder {
+            return false;
+        }
+        let id = *id;
+        *uses = if release_use {
+            uses.saturating_sub(1)
+        } else {
+            0
+        };
+        if *uses > 0 {
+            return true;
+        }
+        *tied = true;
+        let target = self
+            .entries
+            .get_mut(to)
+            .and_then(|entry| entry.lease.as_mut())
+            .expect("checked above");
+        target.ties.push((id, wrote));
+        true
+    }
+
+    /// Whether `holder` holds `key` in a cycle that has not written yet.
+    pub fn is_reading(&self, key: &K, holder: Holder) -> bool {
+        matches!(
+            self.entries.get(key).and_then(|entry| entry.lease.as_ref()),
+            Some(Lease {
+                mode: Mode::Exclusive {
+                    holder: h,
+                    writing: false,
+                    bound: None,
+                    ..
+                },
+                tied: false,
+                ..
+            }) if *h == holder
+        )
+    }
+
     /// The files `holder` holds a lease on.
     pub fn leases_of(&self, holder: Holder) -> Vec<K> {
         self.active
             .values()
-            .filter(
-                |key| match self.entries[*key].lease.as_ref().map(|lease| &lease.mode) {
-                    Some(Mode::Exclusive {
+            .filter(|key| match self.entries[*key].lease.as_ref() {
+                Some(Lease { tied: true, .. }) | None => false,
+                Some(lease) => match &lease.mode {
+                    Mode::Exclusive {
                         holder: h,
                         bound: None,
                         ..
-                    }) => *h == holder,
-                    Some(Mode::Shared { holders }) => holders.contains_key(&holder),
-                    _ => false,
+                    } => *h == holder,
+                    Mode::Shared { holders } => holders.contains_key(&holder),
+                    Mode::Exclusive { .. } => false,
                 },
-            )
+            })
             .cloned()
             .collect()
     }
@@ -451,6 +571,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     /// The holder did something that belongs to its cycles (wrote a temp file): its
     /// lingering leases start their linger again.
     pub fn activity(&mut self, now: Duration, holder: Holder) {
+        let cap = self.policy.max_linger;
         for key in self.active.values() {
             let entry = self
                 .entries
@@ -463,11 +584,13 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                         uses: 0,
                         idle_since: Some(idle),
                         bound: None,
+                        read_done_at,
                         ..
                     },
                 ..
             }) = entry.lease.as_mut()
                 && *h == holder
+                && read_done_at.is_none_or(|read| now.saturating_sub(read) < cap)
             {
                 *idle = now;
             }
@@ -519,11 +642,17 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         }
         let held: Vec<K> = self.active.values().cloned().collect();
         for key in held {
-            let entry = self
+            // Ending one lease may end the leases tied to it: skip those already gone.
+            let Some(lease) = self
                 .entries
                 .get_mut(&key)
-                .expect("active lease has an entry");
-            let lease = entry.lease.as_mut().expect("active lease is current");
+                .and_then(|entry| entry.lease.as_mut())
+            else {
+                continue;
+            };
+            if lease.tied {
+                continue;
+            }
             let ended = match &mut lease.mode {
                 // A lease already waiting for its handoff stays: this exit was seen before.
                 Mode::Exclusive {
@@ -561,6 +690,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             }
             self.grant_waiters(now, &key, &mut actions);
         }
+        self.read_streaks.retain(|(_, h), _| *h != holder);
         let entries = &mut self.entries;
         self.seen.retain(|(key, h), _| {
             if *h == holder {
@@ -637,16 +767,23 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             .filter_map(|key| {
                 let entry = &self.entries[key];
                 let lease = entry.lease.as_ref()?;
-                let (deadline, revoke) = self.lease_deadline(entry, lease);
+                let (deadline, revoke) = self.lease_deadline(key, entry, lease);
                 (deadline <= now).then(|| (key.clone(), revoke))
             })
             .collect();
         for (key, revoke) in due {
+            // Ending one lease may have ended the leases tied to it already.
+            if self
+                .entries
+                .get(&key)
+                .is_none_or(|entry| entry.lease.is_none())
+            {
+                continue;
+            }
             if revoke {
                 self.revoke_lease(&key, EndReason::MaxHold, &mut actions);
             } else {
-                self.counters.cycles_read_only += 1;
-                self.end_lease(&key);
+                self.end_read_only(&key);
             }
             self.grant_waiters(now, &key, &mut actions);
         }
@@ -662,7 +799,10 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             .map(|(wait, key)| (*wait, key.clone()))
             .collect();
         for (wait, key) in expired {
-            self.waiting.remove(&wait);
+            // An earlier answer in this loop may have granted this waiter already.
+            if self.waiting.remove(&wait).is_none() {
+                continue;
+            }
             self.entries
                 .get_mut(&key)
                 .expect("waiting key has an entry")
@@ -679,7 +819,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     pub fn next_deadline(&self) -> Option<Duration> {
         let leases = self.active.values().filter_map(|key| {
             let entry = &self.entries[key];
-            Some(self.lease_deadline(entry, entry.lease.as_ref()?).0)
+            Some(self.lease_deadline(key, entry, entry.lease.as_ref()?).0)
         });
         let waiters = self.waiting.iter().filter_map(|(wait, key)| {
             self.entries[key]
@@ -774,8 +914,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         holders
     }
 
-    fn lease_deadline(&self, entry: &Entry, lease: &Lease) -> (Duration, bool) {
+    fn lease_deadline(&self, key: &K, entry: &Entry, lease: &Lease) -> (Duration, bool) {
         let hold = lease.granted_at + self.policy.max_hold;
+        if lease.tied {
+            return (hold, true);
+        }
         let quiet = match lease.mode {
             Mode::Exclusive {
                 idle_since: Some(idle),
@@ -784,13 +927,29 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             } => Some(idle + self.policy.handoff),
             Mode::Exclusive {
                 idle_since: Some(idle),
+                holder,
                 ..
-            } => Some(idle + entry.gaps.linger(&self.policy)),
+            } => Some(idle + self.linger_for(key, entry, holder)),
             _ => None,
         };
         match quiet {
             Some(quiet) if quiet < hold => (quiet, false),
             _ => (hold, true),
+        }
+    }
+
+    /// The linger of `holder`'s cycle on `key`: none for a process that keeps reading
+    /// without saving, else what the file's read-to-save gaps call for.
+    fn linger_for(&self, key: &K, entry: &Entry, holder: Holder) -> Duration {
+        let streak = self
+            .read_streaks
+            .get(&(key.clone(), holder))
+            .copied()
+            .unwrap_or(0);
+        if streak >= READER_STREAK {
+            Duration::ZERO
+        } else {
+            entry.gaps.linger(&self.policy)
         }
     }
 
@@ -824,7 +983,45 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         let entry = self.entries.get_mut(key).expect("entry exists");
         if let Some(lease) = entry.lease.take() {
             self.active.remove(&lease.id);
+            self.untied.extend(lease.ties);
         }
+    }
+
+    /// Ends the leases tied to leases that ended, committing those that wrote.
+    fn end_untied(&mut self, now: Duration, actions: &mut Vec<Action<K>>) {
+        while let Some((lease, wrote)) = self.untied.pop() {
+            let Some(key) = self.active.get(&lease).cloned() else {
+                continue;
+            };
+            if wrote {
+                self.commits += 1;
+                let entry = self
+                    .entries
+                    .get_mut(&key)
+                    .expect("active lease has an entry");
+                entry.generation = self.commits;
+                self.counters.cycles_committed += 1;
+            }
+            self.end_lease(&key);
+            self.grant_waiters(now, &key, actions);
+        }
+    }
+
+    /// Ends a cycle that wrote nothing and counts it toward its holder's reader streak.
+    fn end_read_only(&mut self, key: &K) {
+        let holder = match self.entries[key].lease.as_ref().map(|lease| &lease.mode) {
+            Some(Mode::Exclusive {
+                holder,
+                bound: None,
+                ..
+            }) => Some(*holder),
+            _ => None,
+        };
+        if let Some(holder) = holder {
+            *self.read_streaks.entry((key.clone(), holder)).or_default() += 1;
+        }
+        self.counters.cycles_read_only += 1;
+        self.end_lease(key);
     }
 
     fn forget_if_idle(&mut self, key: &K) {
@@ -836,8 +1033,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     /// Grants the head of the queue (and the appenders right behind an appender) while the
     /// lease allows, refusing stale writers on the way.
     fn grant_waiters(&mut self, now: Duration, key: &K, actions: &mut Vec<Action<K>>) {
-        loop {
-            let entry = self.entries.get_mut(key).expect("entry exists");
+        while let Some(entry) = self.entries.get_mut(key) {
             let Some(head) = entry.queue.front() else {
                 break;
             };
@@ -880,6 +1076,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             });
         }
         self.forget_if_idle(key);
+        self.end_untied(now, actions);
     }
 
     fn fresh_id(&mut self) -> u64 {

@@ -440,6 +440,10 @@ enum Step {
     Revoke {
         key: usize,
     },
+    Tie {
+        holder: usize,
+        pick: usize,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -452,6 +456,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0..3usize).prop_map(|holder| Step::Exit { holder }),
         1 => (0..4usize).prop_map(|pick| Step::Cancel { pick }),
         1 => (0..2usize).prop_map(|key| Step::Revoke { key }),
+        2 => (0..3usize, 0..4usize).prop_map(|(holder, pick)| Step::Tie { holder, pick }),
     ]
 }
 
@@ -576,6 +581,20 @@ proptest! {
                         world.answered.insert(wait);
                         let actions = e.cancel(now, wait);
                         world.apply(&mut e, actions);
+                    }
+                }
+                Step::Tie { holder, pick } => {
+                    // The holder's use of one file becomes a temp tied to its read cycle on
+                    // the other; its commit comes when that cycle ends.
+                    if world.uses[holder].is_empty() {
+                        continue;
+                    }
+                    let index = pick % world.uses[holder].len();
+                    let (key, _) = world.uses[holder][index];
+                    let process = world.holders[holder];
+                    if e.tie(&KEYS[key], process, true, &KEYS[1 - key], true) {
+                        world.uses[holder].remove(index);
+                        world.views.remove(&(holder, key));
                     }
                 }
                 Step::Revoke { key } => {

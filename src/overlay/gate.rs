@@ -75,7 +75,7 @@ pub struct Gate {
     parked: Mutex<HashMap<WaitId, Parked>>,
     handle_leases: Mutex<HashMap<u64, HandleLease>>,
     /// Leases kept for an open answered with ESTALE: the kernel's retry takes them.
-    retries: Mutex<HashMap<(ProcessId, FileKey), (Held, Duration)>>,
+    retries: Mutex<HashMap<(u32, FileKey), (Held, Duration)>>,
     recent_writes: Mutex<HashMap<ProcessId, VecDeque<Written>>>,
     commands: Mutex<HashMap<ProcessId, String>>,
     exits: OnceLock<Arc<ExitWatch>>,
@@ -270,7 +270,7 @@ impl Gate {
             Err(_) => return run(Err(Errno::EINTR)),
         };
         self.watch(holder);
-        let retry = self.retries.lock().remove(&(holder, key.clone()));
+        let retry = self.retries.lock().remove(&(caller.pid, key.clone()));
         if let Some((held, _)) = retry {
             return run(Ok(held));
         }
@@ -334,11 +334,12 @@ impl Gate {
 
     /// Ends a use that did not touch the file (the open is answered with ESTALE so that
     /// the kernel looks the name up again and retries within the same cycle).
-    pub fn finish_unused(&self, held: &Held) {
+    /// The kernel retries on the same thread, so the lease is kept for that thread.
+    pub fn keep_for_retry(&self, tid: u32, held: &Held) {
         let now = self.now();
         self.retries
             .lock()
-            .insert((held.holder, held.key.clone()), (held.clone(), now));
+            .insert((tid, held.key.clone()), (held.clone(), now));
     }
 
     /// Ends reservations for retries that never came (the name is gone, say).
@@ -408,10 +409,25 @@ impl Gate {
         };
         let wrote =
             lease.writes && (lease.truncated_or_created || fingerprint(handle) != lease.before);
+        let held = &lease.held;
+        let mut engine = self.engine.lock();
         if wrote {
-            self.engine.lock().activity(self.now(), lease.held.holder);
+            engine.activity(self.now(), held.holder);
         }
-        self.finish(&lease.held, wrote);
+        // A temp file written while its process reads another file of the directory stays
+        // leased until that cycle ends: nobody may truncate it before its rename.
+        if lease.truncated_or_created {
+            let cycle = engine.leases_of(held.holder).into_iter().find(|key| {
+                key.0 == held.key.0 && *key != held.key && engine.is_reading(key, held.holder)
+            });
+            if let Some(cycle) = cycle
+                && engine.tie(&held.key, held.holder, wrote, &cycle, true)
+            {
+                return;
+            }
+        }
+        drop(engine);
+        self.finish(held, wrote);
     }
 
     /// A file the process wrote: it may be the temp file of a cycle on another file.
@@ -466,6 +482,12 @@ impl Gate {
             })
             .collect();
         tracing::trace!(pid = process.pid, ?held, ?handoffs, "holder exited");
+        for (cycle, ino) in &handoffs {
+            if let Some(temp) = written.iter().find(|w| w.ino == *ino) {
+                let temp_key = (temp.parent, temp.name.clone());
+                engine.tie(&temp_key, process, true, cycle, false);
+            }
+        }
         let actions = engine.holder_exited(self.now(), process, &handoffs);
         drop(engine);
         for key in held {
@@ -480,7 +502,7 @@ impl Gate {
         self.commands.lock().remove(&process);
         self.retries
             .lock()
-            .retain(|(holder, _), _| *holder != process);
+            .retain(|_, (held, _)| held.holder != process);
         self.notify_timer();
         self.execute(actions);
     }

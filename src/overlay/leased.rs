@@ -38,12 +38,19 @@ impl Leased {
             Box::new(move |outcome| {
                 let held = match outcome {
                     Ok(held) => held,
-                    Err(e) => return reply.error(e),
+                    Err(e) => {
+                        tracing::trace!(?e, "leased request refused");
+                        return reply.error(e);
+                    }
                 };
                 if !gate.still_named(&held.key, &inode) {
                     // Replaced while this open waited: the kernel retries the lookup on
                     // ESTALE, and the retry continues this same lease.
-                    gate.finish_unused(&held);
+                    tracing::trace!(
+                        tid = caller.pid,
+                        "replaced while waiting: ESTALE for a retry"
+                    );
+                    gate.keep_for_retry(caller.pid, &held);
                     return reply.error(Errno::ESTALE);
                 }
                 match core.open(caller, nodeid, flags) {
@@ -52,6 +59,7 @@ impl Leased {
                         reply_open(&core, reply, Ok(handle));
                     }
                     Err(e) => {
+                        tracing::trace!(?e, "leased open failed");
                         gate.finish(&held, false);
                         reply.error(e);
                     }
@@ -88,7 +96,10 @@ impl Leased {
             Box::new(move |outcome| {
                 let held = match outcome {
                     Ok(held) => held,
-                    Err(e) => return reply.error(e),
+                    Err(e) => {
+                        tracing::trace!(?e, "leased request refused");
+                        return reply.error(e);
+                    }
                 };
                 match core.create(caller, held.key.0, &held.key.1, mode, flags) {
                     Ok((entry, handle)) => {
@@ -96,6 +107,7 @@ impl Leased {
                         reply_create(&core, reply, Ok((entry, handle)));
                     }
                     Err(e) => {
+                        tracing::trace!(?e, "leased open failed");
                         gate.finish(&held, false);
                         reply.error(e);
                     }
@@ -118,7 +130,10 @@ impl Leased {
             Box::new(move |outcome| {
                 let held = match outcome {
                     Ok(held) => held,
-                    Err(e) => return reply.error(e),
+                    Err(e) => {
+                        tracing::trace!(?e, "leased request refused");
+                        return reply.error(e);
+                    }
                 };
                 let result = core.unlink(caller, held.key.0, &held.key.1);
                 gate.finish(&held, result.is_ok());
@@ -184,7 +199,10 @@ impl Leased {
             Box::new(move |outcome| {
                 let held = match outcome {
                     Ok(held) => held,
-                    Err(e) => return reply.error(e),
+                    Err(e) => {
+                        tracing::trace!(?e, "leased request refused");
+                        return reply.error(e);
+                    }
                 };
                 let result = core.link(caller, nodeid, held.key.0, &held.key.1);
                 gate.finish(&held, result.is_ok());
@@ -212,7 +230,10 @@ impl Leased {
             Box::new(move |outcome| {
                 let held = match outcome {
                     Ok(held) => held,
-                    Err(e) => return reply.error(e),
+                    Err(e) => {
+                        tracing::trace!(?e, "leased request refused");
+                        return reply.error(e);
+                    }
                 };
                 let result = core.setattr(caller, nodeid, change);
                 gate.finish(&held, result.is_ok());
