@@ -125,6 +125,10 @@ impl Gate {
         self.epoch.elapsed()
     }
 
+    pub fn passthrough(&self) -> bool {
+        self.core.passthrough()
+    }
+
     pub fn policy(&self) -> Policy {
         self.engine.lock().policy().clone()
     }

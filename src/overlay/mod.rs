@@ -4,6 +4,7 @@
 //! through *at() calls on held fds; see `core` for the operations and `fs` for the glue.
 
 pub mod attr;
+pub mod control;
 pub mod core;
 pub mod creds;
 pub mod fs;
@@ -224,8 +225,10 @@ fn redirect_stdio(log_file: Option<&Path>) {
 /// error that prevented it.
 fn run_daemon(args: &MountArgs, dir: &Path, ready: Option<OwnedFd>) -> anyhow::Result<()> {
     let mut ready = ready.map(std::fs::File::from);
-    let session = match start_session(args, dir) {
-        Ok(session) => session,
+    // Named before mounting: finding it afterwards would touch the mount point.
+    let socket = crate::control::socket_path_for(dir);
+    let (session, gate) = match start_session(args, dir) {
+        Ok(started) => started,
         Err(e) => {
             if let Some(ready) = ready.as_mut() {
                 let _ = writeln!(ready, "error: {e:#}");
@@ -237,6 +240,9 @@ fn run_daemon(args: &MountArgs, dir: &Path, ready: Option<OwnedFd>) -> anyhow::R
     if let Some(pid_file) = &args.pid_file {
         let _ = std::fs::write(pid_file, format!("{}\n", std::process::id()));
     }
+    let control = control::OverlayControl::new(gate, dir);
+    let _control = crate::control::Server::start(&socket, Arc::new(control))
+        .with_context(|| format!("start the control socket {}", socket.display()))?;
     let unmounter = session.unmount_callable();
     spawn_signal_thread(unmounter, dir.to_path_buf())?;
     tracing::info!("mounted {}", dir.display());
@@ -251,7 +257,10 @@ fn run_daemon(args: &MountArgs, dir: &Path, ready: Option<OwnedFd>) -> anyhow::R
     result.context("FUSE session")
 }
 
-fn start_session(args: &MountArgs, dir: &Path) -> anyhow::Result<fuser::Session<LockFs>> {
+fn start_session(
+    args: &MountArgs,
+    dir: &Path,
+) -> anyhow::Result<(fuser::Session<LockFs>, Arc<gate::Gate>)> {
     match sys::raise_nofile_limit() {
         Ok(limit) => tracing::debug!("open file limit {limit}"),
         Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
@@ -267,24 +276,24 @@ fn start_session(args: &MountArgs, dir: &Path) -> anyhow::Result<fuser::Session<
     )
     .with_context(|| format!("open {}", dir.display()))?;
     let core = Arc::new(Overlay::new(root).context("stat the directory")?);
-    let policy = lease_policy(&args.lease);
+    let resolved = crate::config::resolve(&args.lease)?;
+    let policy = resolved.policy.clone();
     tracing::info!(
         linger_ms = policy.linger.as_millis() as u64,
         max_hold_ms = policy.max_hold.as_millis() as u64,
         max_wait_ms = policy.max_wait.as_millis() as u64,
         "lease policy"
     );
-    let excludes = args.lease.exclude.clone();
     let gate = gate::Gate::start(
         Arc::clone(&core),
         policy,
-        Box::new(move |path: &str| excludes.iter().any(|glob| glob_match(glob, path))),
+        Box::new(move |path: &str| resolved.is_excluded(Path::new(path))),
     )
     .context("start the lease layer")?;
     let fs = LockFs {
         leased: leased::Leased {
             core: Arc::clone(&core),
-            gate,
+            gate: Arc::clone(&gate),
         },
         core,
         want_passthrough: !args.no_passthrough,
@@ -302,46 +311,12 @@ fn start_session(args: &MountArgs, dir: &Path) -> anyhow::Result<fuser::Session<
     config.clone_fd = true;
     if unsafe { libc::geteuid() } == 0 {
         let dev = mounts::mount_fuse(dir, args.allow_other).map_err(|e| mount_error(dir, e))?;
-        return fuser::Session::from_fd(fs, dev, config.acl, config)
-            .map_err(|e| mount_error(dir, e));
+        let session = fuser::Session::from_fd(fs, dev, config.acl, config)
+            .map_err(|e| mount_error(dir, e))?;
+        return Ok((session, gate));
     }
-    fuser::Session::new(fs, dir, &config).map_err(|e| mount_error(dir, e))
-}
-
-/// The engine policy from the defaults and the user's options.
-pub fn lease_policy(options: &LeaseOptions) -> crate::lease::Policy {
-    let mut policy = crate::lease::Policy::default();
-    if let Some(linger) = options.linger {
-        policy.linger = linger;
-        policy.max_linger = policy.max_linger.max(linger);
-    }
-    if let Some(max_hold) = options.max_hold {
-        policy.max_hold = max_hold;
-    }
-    if let Some(max_wait) = options.max_wait {
-        policy.max_wait = max_wait;
-    }
-    policy
-}
-
-/// Shell-style glob over a relative path: `*` and `?` stay within a component, `**`
-/// crosses components.
-pub fn glob_match(glob: &str, path: &str) -> bool {
-    fn go(g: &[u8], p: &[u8]) -> bool {
-        match g {
-            [] => p.is_empty(),
-            [b'*', b'*', rest @ ..] => {
-                let rest = rest.strip_prefix(b"/").unwrap_or(rest);
-                (0..=p.len()).any(|i| go(rest, &p[i..]))
-            }
-            [b'*', rest @ ..] => (0..=p.len())
-                .take_while(|i| *i == 0 || p[i - 1] != b'/')
-                .any(|i| go(rest, &p[i..])),
-            [b'?', rest @ ..] => !p.is_empty() && p[0] != b'/' && go(rest, &p[1..]),
-            [c, rest @ ..] => !p.is_empty() && p[0] == *c && go(rest, &p[1..]),
-        }
-    }
-    go(glob.as_bytes(), path.as_bytes())
+    let session = fuser::Session::new(fs, dir, &config).map_err(|e| mount_error(dir, e))?;
+    Ok((session, gate))
 }
 
 fn mount_error(dir: &Path, e: std::io::Error) -> anyhow::Error {

@@ -1,0 +1,42 @@
+//! What the mount's control socket answers: lease status and breaking a lease by hand.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::gate::Gate;
+use crate::control::{ControlHandler, DaemonInfo, StatusReport};
+
+pub struct OverlayControl {
+    gate: Arc<Gate>,
+    mount: PathBuf,
+    started: Instant,
+}
+
+impl OverlayControl {
+    pub fn new(gate: Arc<Gate>, mount: &Path) -> OverlayControl {
+        OverlayControl {
+            gate,
+            mount: mount.to_path_buf(),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl ControlHandler for OverlayControl {
+    fn status(&self) -> StatusReport {
+        let (views, counters) = self.gate.status();
+        let policy = self.gate.policy();
+        let daemon = DaemonInfo {
+            mount: &self.mount,
+            started: self.started,
+            passthrough: self.gate.passthrough(),
+            policy: &policy,
+        };
+        StatusReport::from_engine(views, &counters, |path: &String| path.clone(), daemon)
+    }
+
+    fn break_lease(&self, path: &Path) -> Result<String, String> {
+        self.gate.break_lease(&path.to_string_lossy())
+    }
+}
