@@ -227,6 +227,7 @@ fn run_daemon(args: &MountArgs, dir: &Path, ready: Option<OwnedFd>) -> anyhow::R
     let mut ready = ready.map(std::fs::File::from);
     // Named before mounting: finding it afterwards would touch the mount point.
     let socket = crate::control::socket_path_for(dir);
+    let stop_signals = block_stop_signals();
     let (session, gate) = match start_session(args, dir) {
         Ok(started) => started,
         Err(e) => {
@@ -244,7 +245,7 @@ fn run_daemon(args: &MountArgs, dir: &Path, ready: Option<OwnedFd>) -> anyhow::R
     let _control = crate::control::Server::start(&socket, Arc::new(control))
         .with_context(|| format!("start the control socket {}", socket.display()))?;
     let unmounter = session.unmount_callable();
-    spawn_signal_thread(unmounter, dir.to_path_buf())?;
+    spawn_signal_thread(stop_signals, unmounter, dir.to_path_buf())?;
     tracing::info!("mounted {}", dir.display());
     if let Some(mut ready) = ready.take() {
         let _ = ready.write_all(b"ok\n");
@@ -337,7 +338,9 @@ fn mount_error(dir: &Path, e: std::io::Error) -> anyhow::Error {
 
 /// SIGINT/SIGTERM unmount cleanly: blocked in every thread (the workers inherit the mask)
 /// and taken by one thread that unmounts, which ends the session loop.
-fn spawn_signal_thread(mut unmounter: fuser::SessionUnmounter, dir: PathBuf) -> anyhow::Result<()> {
+/// Blocks SIGINT and SIGTERM in this thread and every thread started after it, so that
+/// only the signal thread (sigwait) receives them. Call before starting any thread.
+fn block_stop_signals() -> libc::sigset_t {
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
     unsafe {
         libc::sigemptyset(&mut set);
@@ -345,6 +348,14 @@ fn spawn_signal_thread(mut unmounter: fuser::SessionUnmounter, dir: PathBuf) -> 
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
+    set
+}
+
+fn spawn_signal_thread(
+    set: libc::sigset_t,
+    mut unmounter: fuser::SessionUnmounter,
+    dir: PathBuf,
+) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
