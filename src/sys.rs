@@ -317,6 +317,21 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         rlim_max: 0,
     };
     check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    // The daemon holds one O_PATH fd per inode the kernel knows: as root, go up to the
+    // system's per-process ceiling rather than the inherited hard limit.
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if ceiling > lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: ceiling,
+            rlim_max: ceiling,
+        };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(ceiling);
+        }
+    }
     lim.rlim_cur = lim.rlim_max;
     check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
     Ok(lim.rlim_cur)
