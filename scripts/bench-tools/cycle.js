@@ -8,8 +8,8 @@
 //   node cycle.js DIR STORE ID CYCLES [--lock none|proper-lockfile] [--start-at NS]
 //
 // --start-at NS waits until CLOCK_MONOTONIC reaches NS (a start barrier for N writers).
-// Prints one JSON line: {"id","cycles","start_ns","end_ns","lat_us":[..]} (start/end as
-// strings of nanoseconds).
+// Prints one JSON line: {"id","cycles","start_ns","end_ns","enoent","lat_us":[..]} (start/end
+// as strings of nanoseconds; enoent = reads that failed with ENOENT and were retried).
 const path = require('path');
 const { fs, parseArgs, tmpName, run, parseStore, sleep } = require('../writers/lib');
 
@@ -25,6 +25,7 @@ run(`bench cycle ${a.id}`, async () => {
     await sleep(left > 2 ? left - 1 : 0);
   }
   const lat = new Array(a.cycles);
+  let enoent = 0;
   const t0 = process.hrtime.bigint();
   for (let i = 0; i < a.cycles; i++) {
     const c0 = process.hrtime.bigint();
@@ -35,7 +36,16 @@ run(`bench cycle ${a.id}`, async () => {
       });
     }
     try {
-      const data = parseStore(await fs.promises.readFile(store, 'utf8'), store);
+      let text;
+      try {
+        text = await fs.promises.readFile(store, 'utf8');
+      } catch (err) {
+        // Through bindfs a reader racing a rename-over gets ENOENT: count it, redo the cycle.
+        if (err.code !== 'ENOENT' || ++enoent > 100000) throw err;
+        i--;
+        continue;
+      }
+      const data = parseStore(text, store);
       data[`${a.id}-${i}`] = i;
       const tmp = tmpName(store, 'target');
       await fs.promises.writeFile(tmp, JSON.stringify(data));
@@ -46,5 +56,5 @@ run(`bench cycle ${a.id}`, async () => {
     lat[i] = Number(process.hrtime.bigint() - c0) / 1000;
   }
   const t1 = process.hrtime.bigint();
-  return { id: a.id, cycles: a.cycles, start_ns: String(t0), end_ns: String(t1), lat_us: lat };
+  return { id: a.id, cycles: a.cycles, start_ns: String(t0), end_ns: String(t1), enoent, lat_us: lat };
 });
