@@ -8,6 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -22,12 +23,19 @@ use crate::lease::{Action, Admission, Counters, Engine, Grant, Intent, LeaseView
 use crate::platform::{self, ExitWatch, ProcessId};
 use crate::sys;
 
+/// Tells, from a path relative to the mount root, whether the user excluded a file.
+pub type ExcludeFn = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// A file as the lease engine names it: its directory's nodeid and its name there.
 pub type FileKey = (u64, OsString);
 
 /// How often parked waiters are checked for a pending SIGKILL: the kernel does not let a
 /// killed process go until its request is answered, and fuser drops FUSE_INTERRUPT.
-const DYING_WAITER_POLL: Duration = Duration::from_millis(20);
+const DYING_WAITER_POLL: Duration = Duration::from_millis(50);
+
+/// How long a thread id is trusted to name the same process without asking /proc again.
+/// A tid is reused only after the kernel has cycled through the whole pid space.
+const THREAD_CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// How long a lease waits for the kernel to retry an open answered with ESTALE.
 const RETRY_WINDOW: Duration = Duration::from_millis(200);
@@ -79,7 +87,10 @@ pub struct Gate {
     recent_writes: Mutex<HashMap<ProcessId, VecDeque<Written>>>,
     commands: Mutex<HashMap<ProcessId, String>>,
     exits: OnceLock<Arc<ExitWatch>>,
-    excludes: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    excludes: Option<ExcludeFn>,
+    threads: Mutex<HashMap<u32, (ProcessId, Duration)>>,
+    /// When the timer thread plans to wake next (nanoseconds since `epoch`).
+    planned_wake: AtomicU64,
     wake: Condvar,
     wake_lock: Mutex<bool>,
     epoch: Instant,
@@ -91,7 +102,7 @@ impl Gate {
     pub fn start(
         core: Arc<Overlay>,
         policy: Policy,
-        user_excluded: Box<dyn Fn(&str) -> bool + Send + Sync>,
+        user_excluded: Option<ExcludeFn>,
     ) -> std::io::Result<Arc<Gate>> {
         let gate = Arc::new(Gate {
             core,
@@ -103,6 +114,8 @@ impl Gate {
             commands: Mutex::new(HashMap::new()),
             exits: OnceLock::new(),
             excludes: user_excluded,
+            threads: Mutex::new(HashMap::new()),
+            planned_wake: AtomicU64::new(0),
             wake: Condvar::new(),
             wake_lock: Mutex::new(false),
             epoch: Instant::now(),
@@ -210,7 +223,10 @@ impl Gate {
         if left_alone(&key.1, parent_name.as_deref()) {
             return false;
         }
-        !(self.excludes)(&self.path_of(key))
+        match &self.excludes {
+            Some(excluded) => !excluded(&self.path_of(key)),
+            None => true,
+        }
     }
 
     /// The path of `key` relative to the mount root (lossy for non-UTF-8 names).
@@ -268,7 +284,7 @@ impl Gate {
         handoff: Option<u64>,
         run: Continuation,
     ) {
-        let holder = match platform::process_of_thread(caller.pid) {
+        let holder = match self.process_of_thread(caller.pid) {
             Ok(holder) => holder,
             // The caller is gone already: nobody waits for this answer.
             Err(_) => return run(Err(Errno::EINTR)),
@@ -504,6 +520,9 @@ impl Gate {
             }
         }
         self.commands.lock().remove(&process);
+        self.threads
+            .lock()
+            .retain(|_, (cached, _)| *cached != process);
         self.retries
             .lock()
             .retain(|_, (held, _)| held.holder != process);
@@ -568,7 +587,35 @@ impl Gate {
         );
     }
 
+    /// The process of thread `tid`, from a short-lived cache of /proc answers.
+    fn process_of_thread(&self, tid: u32) -> std::io::Result<ProcessId> {
+        let now = self.now();
+        if let Some((process, at)) = self.threads.lock().get(&tid)
+            && now.saturating_sub(*at) < THREAD_CACHE_TTL
+        {
+            return Ok(*process);
+        }
+        let process = platform::process_of_thread(tid)?;
+        let mut threads = self.threads.lock();
+        if threads.len() > 4096 {
+            threads.retain(|_, (_, at)| now.saturating_sub(*at) < THREAD_CACHE_TTL);
+        }
+        threads.insert(tid, (process, now));
+        Ok(process)
+    }
+
+    /// Wakes the timer thread only when something is due before it planned to wake.
     fn notify_timer(&self) {
+        let next = self.engine.lock().next_deadline();
+        let poll = (!self.parked.lock().is_empty()).then(|| self.now() + DYING_WAITER_POLL);
+        let due = match (next, poll) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return,
+        };
+        if (due.as_nanos() as u64) >= self.planned_wake.load(Ordering::Acquire) {
+            return;
+        }
         let mut woken = self.wake_lock.lock();
         *woken = true;
         self.wake.notify_one();
@@ -611,6 +658,10 @@ fn timer_loop(gate: Weak<Gate>) {
             return;
         };
         let sleep = strong.tick().unwrap_or(Duration::from_secs(1));
+        let wake_at = strong.now() + sleep;
+        strong
+            .planned_wake
+            .store(wake_at.as_nanos() as u64, Ordering::Release);
         let mut woken = strong.wake_lock.lock();
         if !*woken {
             strong.wake.wait_for(&mut woken, sleep);

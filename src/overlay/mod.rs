@@ -285,12 +285,12 @@ fn start_session(
         max_wait_ms = policy.max_wait.as_millis() as u64,
         "lease policy"
     );
-    let gate = gate::Gate::start(
-        Arc::clone(&core),
-        policy,
-        Box::new(move |path: &str| resolved.is_excluded(Path::new(path))),
-    )
-    .context("start the lease layer")?;
+    let has_excludes =
+        !resolved.excludes.is_empty() || resolved.rules.iter().any(|rule| rule.exclude.is_some());
+    let excluded: Option<gate::ExcludeFn> = has_excludes
+        .then(|| Box::new(move |path: &str| resolved.is_excluded(Path::new(path))) as _);
+    let gate =
+        gate::Gate::start(Arc::clone(&core), policy, excluded).context("start the lease layer")?;
     let fs = LockFs {
         leased: leased::Leased {
             core: Arc::clone(&core),
