@@ -154,7 +154,6 @@ function startTransport() {
     warnOnce(`cannot start the lockfs transport (${err.message})`);
     return false;
   }
-  transport.unref();
   transport.on('message', (message) => {
     if (message.transportDown) {
       transportDown = true;
@@ -170,6 +169,8 @@ function startTransport() {
     transportDown = true;
     warnOnce(`the lockfs transport failed (${err.message})`);
   });
+  // After the listeners: adding one refs the worker again.
+  transport.unref();
   return true;
 }
 
