@@ -58,6 +58,7 @@ const net = require('net');
 const control = new Int32Array(workerData.shared, 0, 2);
 const bytes = new Uint8Array(workerData.shared, 8);
 const syncIds = new Set();
+const inFlight = new Set();
 let socket = null;
 let ready = false;
 let dead = false;
@@ -65,6 +66,7 @@ const queued = [];
 let rest = '';
 
 function answer(reply) {
+  inFlight.delete(reply.id);
   if (syncIds.has(reply.id)) {
     syncIds.delete(reply.id);
     const encoded = Buffer.from(JSON.stringify(reply));
@@ -82,9 +84,8 @@ function fail(message) {
   dead = true;
   ready = false;
   parentPort.postMessage({ transportDown: message });
-  for (const item of queued.splice(0)) {
-    answer({ id: item.id, ok: false, error: 'unavailable', message });
-  }
+  for (const item of queued.splice(0)) inFlight.add(item.id);
+  for (const id of [...inFlight]) answer({ id, ok: false, error: 'unavailable', message });
 }
 
 socket = net.connect(workerData.endpoint);
@@ -117,6 +118,7 @@ socket.on('close', () => fail('the lockfs daemon closed the connection'));
 parentPort.on('message', (item) => {
   if (item.sync) syncIds.add(item.id);
   if (dead) { answer({ id: item.id, ok: false, error: 'unavailable', message: 'no daemon' }); return; }
+  inFlight.add(item.id);
   if (ready) socket.write(item.line); else queued.push(item);
 });
 `;
