@@ -63,10 +63,7 @@ impl Drop for MountGuard {
 }
 
 pub fn lockfs(args: &[&str]) -> Output {
-    Command::new(LOCKFS)
-        .args(args)
-        .output()
-        .expect("run lockfs")
+    Command::new(LOCKFS).args(args).output().expect("run lockfs")
 }
 
 /// Whether `dir` is a mount point now, from /proc/self/mountinfo.
