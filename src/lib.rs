@@ -14,3 +14,5 @@ pub mod overlay;
 pub mod platform;
 pub mod proxy;
 pub mod sys;
+
+pub use proxy::{AsyncClient, Client};

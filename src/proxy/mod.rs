@@ -1,16 +1,40 @@
 //! Proxy library mode: the lease engine as a local daemon, its wire protocol and client.
+//!
+//! `lockfs serve --root DIR` listens on [`default_endpoint`]`(DIR)`; programs reach it
+//! through [`Client`] (Rust) or the Node preload shim that `lockfs run` injects. The wire
+//! protocol is described in docs/PROTOCOL.md and defined in [`protocol`].
+
+pub mod client;
+pub mod endpoint;
+mod paths;
+pub mod protocol;
+pub mod server;
+pub mod shim;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
+
+pub use client::{AsyncClient, Client, Error, Guard};
+pub use endpoint::default_endpoint;
+pub use shim::run_command;
+
+use crate::lease::Policy;
+use crate::options::LeaseOptions;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// The state directory whose files the daemon serves.
     #[arg(long)]
     pub root: PathBuf,
+    /// Listen here instead of the default endpoint derived from the root.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub lease: LeaseOptions,
 }
 
 #[derive(Args, Debug)]
@@ -18,15 +42,64 @@ pub struct RunArgs {
     /// The state directory (defaults to the one named by LOCKFS_ROOT).
     #[arg(long)]
     pub root: Option<PathBuf>,
+    /// The daemon's endpoint, when it is not the default one for the root.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
     /// The command to run, after `--`.
     #[arg(trailing_var_arg = true, required = true)]
     pub command: Vec<OsString>,
 }
 
-pub fn serve_command(_args: ServeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("serve is not implemented yet")
+/// The engine policy from the command line, defaults for what is not given.
+pub fn policy_from(options: &LeaseOptions) -> Policy {
+    let mut policy = Policy::default();
+    if let Some(linger) = options.linger {
+        policy.linger = linger;
+        policy.max_linger = policy.max_linger.max(linger);
+    }
+    if let Some(max_hold) = options.max_hold {
+        policy.max_hold = max_hold;
+    }
+    if let Some(max_wait) = options.max_wait {
+        policy.max_wait = max_wait;
+    }
+    policy
 }
 
-pub fn run_command(_args: RunArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("run is not implemented yet")
+pub fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let root = args
+        .root
+        .canonicalize()
+        .with_context(|| format!("root {}", args.root.display()))?;
+    let endpoint = match args.socket {
+        Some(socket) => socket,
+        None => default_endpoint(&root)?,
+    };
+    if !args.lease.exclude.is_empty() {
+        tracing::warn!("--exclude is ignored by serve: clients choose what they lease");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let server = server::Server::new(&root, policy_from(&args.lease))?;
+        let listener = endpoint::bind(&endpoint)
+            .with_context(|| format!("listen on {}", endpoint.display()))?;
+        eprintln!(
+            "lockfs: serving {} on {}",
+            root.display(),
+            endpoint.display()
+        );
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let result = tokio::select! {
+            result = server.run(listener) => result.map_err(anyhow::Error::from),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = terminate.recv() => Ok(()),
+        };
+        let _ = std::fs::remove_file(&endpoint);
+        result
+    })?;
+    Ok(ExitCode::SUCCESS)
 }

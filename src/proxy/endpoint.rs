@@ -1,0 +1,207 @@
+//! Where a daemon listens for a root, and who is on the other end of a connection.
+//!
+//! Linux and other Unixes: a Unix socket, mode 0600, in a per-user runtime directory; the
+//! peer is named from SO_PEERCRED (never from what it claims). Windows: a named pipe whose
+//! client pid comes from GetNamedPipeClientProcessId (see the `windows` module; it cannot
+//! be compiled on the machines this was written on).
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The endpoint a daemon serving `root` listens on, and clients look for by default.
+///
+/// The name is derived from the canonical root (so `./state` and `/abs/state` agree):
+/// `$XDG_RUNTIME_DIR/lockfs/<dirname>-<hash>.sock`, or `/run/lockfs/...` for root without
+/// XDG_RUNTIME_DIR, or `<tmp>/lockfs-<uid>/...` for other users without it.
+pub fn default_endpoint(root: &Path) -> io::Result<PathBuf> {
+    let canonical = root.canonicalize()?;
+    Ok(runtime_dir().join(endpoint_name(&canonical)))
+}
+
+fn endpoint_name(canonical_root: &Path) -> String {
+    let text = canonical_root.to_string_lossy();
+    let base: String = canonical_root
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root".into())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(32)
+        .collect();
+    format!("{base}-{:016x}.sock", fnv1a(text.as_bytes()))
+}
+
+/// FNV-1a: stable across builds and platforms, unlike std's hasher.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(unix)]
+fn runtime_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
+        return PathBuf::from(dir).join("lockfs");
+    }
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    if uid == 0 {
+        PathBuf::from("/run/lockfs")
+    } else {
+        std::env::temp_dir().join(format!("lockfs-{uid}"))
+    }
+}
+
+#[cfg(windows)]
+fn runtime_dir() -> PathBuf {
+    PathBuf::from(r"\\.\pipe\lockfs")
+}
+
+#[cfg(unix)]
+pub use self::unix::*;
+
+#[cfg(unix)]
+mod unix {
+    use std::io;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::path::Path;
+
+    use tokio::net::{UnixListener, UnixStream};
+
+    /// Who connected: the kernel's word from SO_PEERCRED.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct PeerCredentials {
+        pub pid: u32,
+        pub uid: u32,
+    }
+
+    /// Binds `endpoint` with mode 0600, creating its directory 0700. A stale socket left by
+    /// a dead daemon is replaced; a live one is an error.
+    pub fn bind(endpoint: &Path) -> io::Result<UnixListener> {
+        if let Some(dir) = endpoint.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        if endpoint.exists() {
+            if std::os::unix::net::UnixStream::connect(endpoint).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("a daemon already listens on {}", endpoint.display()),
+                ));
+            }
+            std::fs::remove_file(endpoint)?;
+        }
+        // Bind under a tight umask so the socket is never briefly open to others.
+        // SAFETY: umask only swaps the process mask.
+        let old_mask = unsafe { libc::umask(0o177) };
+        let listener = UnixListener::bind(endpoint);
+        // SAFETY: as above.
+        unsafe { libc::umask(old_mask) };
+        let listener = listener?;
+        std::fs::set_permissions(endpoint, std::fs::Permissions::from_mode(0o600))?;
+        Ok(listener)
+    }
+
+    pub fn peer_credentials(stream: &UnixStream) -> io::Result<PeerCredentials> {
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: cred and len describe a valid ucred buffer.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if cred.pid <= 0 {
+            return Err(io::Error::other(
+                "peer pid unknown (another pid namespace?)",
+            ));
+        }
+        Ok(PeerCredentials {
+            pid: cred.pid as u32,
+            uid: cred.uid,
+        })
+    }
+
+    pub fn current_uid() -> u32 {
+        // SAFETY: getuid cannot fail.
+        unsafe { libc::getuid() }
+    }
+}
+
+/// Windows: a named pipe per user and root, with a DACL for the current user only, and the
+/// client's pid from GetNamedPipeClientProcessId. Not compiled here (no Windows target on
+/// the build machines); kept to the few calls the daemon needs.
+#[cfg(windows)]
+pub mod windows {
+    use std::io;
+    use std::os::windows::io::AsRawHandle;
+
+    use tokio::net::windows::named_pipe::{NamedPipeServer, ServerOptions};
+
+    unsafe extern "system" {
+        fn GetNamedPipeClientProcessId(pipe: *mut std::ffi::c_void, pid: *mut u32) -> i32;
+    }
+
+    /// Creates the next pipe instance; `first` rejects a second daemon on the same name.
+    /// The default DACL of a pipe grants the creator's user (and SYSTEM, administrators);
+    /// `reject_remote_clients` keeps it local.
+    pub fn create_instance(name: &str, first: bool) -> io::Result<NamedPipeServer> {
+        ServerOptions::new()
+            .first_pipe_instance(first)
+            .reject_remote_clients(true)
+            .create(name)
+    }
+
+    pub fn client_pid(pipe: &NamedPipeServer) -> io::Result<u32> {
+        let mut pid = 0u32;
+        // SAFETY: the handle is a valid pipe handle owned by `pipe`.
+        let ok = unsafe { GetNamedPipeClientProcessId(pipe.as_raw_handle().cast(), &mut pid) };
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_names_are_stable_and_short() {
+        let name = endpoint_name(Path::new("/home/me/.openclaw"));
+        assert_eq!(name, endpoint_name(Path::new("/home/me/.openclaw")));
+        assert_ne!(name, endpoint_name(Path::new("/home/you/.openclaw")));
+        assert!(name.starts_with("_openclaw-") && name.ends_with(".sock"));
+        let long = endpoint_name(Path::new(&format!("/{}", "x".repeat(300))));
+        assert!(long.len() < 60);
+    }
+
+    #[test]
+    fn default_endpoint_follows_the_canonical_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let direct = default_endpoint(dir.path()).unwrap();
+        let dotted = default_endpoint(&dir.path().join(".")).unwrap();
+        assert_eq!(direct, dotted);
+    }
+}
