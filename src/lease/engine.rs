@@ -361,6 +361,10 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             .get_mut(&key)
             .expect("active lease has an entry");
         let current = entry.lease.as_mut().expect("active lease is current");
+        if current.tied {
+            // A temp file's lease ends with the cycle it is tied to, whatever its handles do.
+            return Vec::new();
+        }
         let ended = match &mut current.mode {
             Mode::Exclusive {
                 uses,
@@ -546,6 +550,34 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 ..
             }) if *h == holder
         )
+    }
+
+    /// Gives up one unused use of a lease at once, with no linger: the use never touched
+    /// the file, and keeping the lease would make others wait for nothing.
+    pub fn abandon(&mut self, now: Duration, lease: LeaseId, holder: Holder) -> Vec<Action<K>> {
+        let Some(key) = self.active.get(&lease).cloned() else {
+            return Vec::new();
+        };
+        let entry = self
+            .entries
+            .get_mut(&key)
+            .expect("active lease has an entry");
+        let current = entry.lease.as_mut().expect("active lease is current");
+        let ended = match &mut current.mode {
+            Mode::Exclusive {
+                holder: h, uses, ..
+            } if *h == holder => {
+                *uses = uses.saturating_sub(1);
+                *uses == 0
+            }
+            _ => return self.finish(now, lease, holder, false),
+        };
+        let mut actions = Vec::new();
+        if ended {
+            self.end_lease(&key);
+            self.grant_waiters(now, &key, &mut actions);
+        }
+        actions
     }
 
     /// The files `holder` holds a lease on.

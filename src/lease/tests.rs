@@ -399,6 +399,28 @@ fn a_retried_open_continues_the_cycle_instead_of_queueing() {
 }
 
 #[test]
+fn a_temp_written_during_a_cycle_stays_leased_until_the_cycle_commits() {
+    let mut e = engine();
+    let tmp = granted(e.acquire(ms(0), &"tmp", A, Intent::Write, None));
+    let read = granted(e.acquire(ms(1), &"s", A, Intent::Read, None));
+    e.finish(ms(2), read.lease, A, false);
+    assert!(e.tie(&"tmp", A, true, &"s", true));
+    let other = queued(e.acquire(ms(3), &"tmp", B, Intent::Write, None));
+    // The temp handle's late close changes nothing; the cycle's commit frees the temp.
+    assert!(e.finish(ms(4), tmp.lease, A, true).is_empty());
+    let save = granted(e.acquire(ms(5), &"s", A, Intent::Write, None));
+    assert_eq!(grants(&e.finish(ms(6), save.lease, A, true)), vec![other]);
+}
+
+#[test]
+fn an_abandoned_use_frees_the_lease_at_once() {
+    let mut e = engine();
+    let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    let b = queued(e.acquire(ms(1), &"s", B, Intent::Write, None));
+    assert_eq!(grants(&e.abandon(ms(2), a.lease, A)), vec![b]);
+}
+
+#[test]
 fn files_nobody_refers_to_are_forgotten() {
     let mut e = engine();
     for n in 0..100u64 {

@@ -38,7 +38,7 @@ const DYING_WAITER_POLL: Duration = Duration::from_millis(50);
 const THREAD_CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// How long a lease waits for the kernel to retry an open answered with ESTALE.
-const RETRY_WINDOW: Duration = Duration::from_millis(200);
+const RETRY_WINDOW: Duration = Duration::from_millis(1000);
 
 /// How many recently written files are remembered per process, for the shell handoff.
 const RECENT_WRITES: usize = 8;
@@ -282,6 +282,7 @@ impl Gate {
         key: FileKey,
         intent: Intent,
         handoff: Option<u64>,
+        creating: bool,
         run: Continuation,
     ) {
         let holder = match self.process_of_thread(caller.pid) {
@@ -292,7 +293,11 @@ impl Gate {
         self.watch(holder);
         let retry = self.retries.lock().remove(&(caller.pid, key.clone()));
         if let Some((held, _)) = retry {
+            tracing::trace!(path = %self.path_of(&key), tid = caller.pid, "admit: retry keeps its lease");
             return run(Ok(held));
+        }
+        if creating {
+            self.yield_retries_to_creator(&key, caller.pid);
         }
         self.reap_dead_holders(&key, holder);
         let mut engine = self.engine.lock();
@@ -302,7 +307,7 @@ impl Gate {
             return run(Ok(Held { grant, holder, key }));
         }
         let admission = engine.acquire(self.now(), &key, holder, intent, None);
-        tracing::trace!(path = %self.path_of(&key), pid = holder.pid, ?intent, ?admission, "admit");
+        tracing::trace!(path = %self.path_of(&key), pid = holder.pid, tid = caller.pid, ?intent, ?admission, "admit");
         match admission {
             Admission::Granted(grant) => {
                 drop(engine);
@@ -327,6 +332,29 @@ impl Gate {
                 drop(engine);
                 self.notify_timer();
             }
+        }
+    }
+
+    /// A CREATE waits holding its directory's lock in the kernel, and a retried open of
+    /// the same name needs that lock: the retry gives its place up rather than deadlock.
+    fn yield_retries_to_creator(&self, key: &FileKey, creator: u32) {
+        let yielded: Vec<Held> = {
+            let mut retries = self.retries.lock();
+            let tids: Vec<u32> = retries
+                .keys()
+                .filter(|(tid, k)| k == key && *tid != creator)
+                .map(|(tid, _)| *tid)
+                .collect();
+            tids.into_iter()
+                .filter_map(|tid| retries.remove(&(tid, key.clone())).map(|(held, _)| held))
+                .collect()
+        };
+        for held in yielded {
+            let actions = self
+                .engine
+                .lock()
+                .abandon(self.now(), held.grant.lease, held.holder);
+            self.execute(actions);
         }
     }
 

@@ -35,6 +35,7 @@ impl Leased {
             key,
             intent,
             None,
+            false,
             Box::new(move |outcome| {
                 let held = match outcome {
                     Ok(held) => held,
@@ -93,6 +94,7 @@ impl Leased {
             key,
             intent,
             None,
+            true,
             Box::new(move |outcome| {
                 let held = match outcome {
                     Ok(held) => held,
@@ -127,6 +129,7 @@ impl Leased {
             key,
             Intent::Write,
             None,
+            false,
             Box::new(move |outcome| {
                 let held = match outcome {
                     Ok(held) => held,
@@ -174,8 +177,14 @@ impl Leased {
             reply_empty(reply, result);
         };
         let from_ino = moved.map(|st| InodeKey::of(&st).ino);
-        self.gate
-            .admit(caller, target, Intent::Write, from_ino, Box::new(run));
+        self.gate.admit(
+            caller,
+            target,
+            Intent::Write,
+            from_ino,
+            false,
+            Box::new(run),
+        );
     }
 
     pub fn link(
@@ -196,6 +205,7 @@ impl Leased {
             key,
             Intent::Write,
             None,
+            false,
             Box::new(move |outcome| {
                 let held = match outcome {
                     Ok(held) => held,
@@ -227,6 +237,7 @@ impl Leased {
             key,
             Intent::Write,
             None,
+            false,
             Box::new(move |outcome| {
                 let held = match outcome {
                     Ok(held) => held,
