@@ -1,0 +1,284 @@
+//! Faults on real mounts (issue 7): killed and hung holders, killed waiters, recycled pids,
+//! a killed daemon, a full disk, and a soak with random kills.
+//!
+//! Time limits here are hang guards (well under the --max-hold of the mount), not
+//! performance assertions. The lease counters (revocations, fenced commits) are not yet
+//! readable from outside the daemon (`lockfs status --json` is being built), so these tests
+//! assert on what processes observe: errnos, timings, file contents.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::cycle::{Cycle, now, proc_state, python3};
+use common::{MountGuard, process_alive, read_pid, state_dir, wait_until};
+
+const OLD: &str = r#"{"v": "old"}"#;
+const NEW: &str = r#"{"v": "new"}"#;
+/// How long a test waits for something that should happen at once.
+const PROMPT: Duration = Duration::from_secs(5);
+/// How long a test waits for a step that should never take long.
+const STEP: Duration = Duration::from_secs(20);
+
+fn temp_step(text: &str) -> String {
+    format!("temp:{text}")
+}
+
+/// A mount over a fresh state dir holding store.json = OLD.
+fn mounted(args: &[&str]) -> (tempfile::TempDir, PathBuf, MountGuard) {
+    let (tmp, state) = state_dir();
+    std::fs::write(state.join("store.json"), OLD).unwrap();
+    let mount = MountGuard::mount(&state, args);
+    (tmp, state, mount)
+}
+
+/// Asserts that `cycle` is still blocked (printed no `prefix` line) for `time`.
+fn assert_waits(cycle: &mut Cycle, prefix: &str, time: Duration) {
+    assert!(
+        cycle.wait_line(prefix, time).is_none(),
+        "expected pid {} to wait behind the holder, it printed {:?}",
+        cycle.pid(),
+        cycle.seen
+    );
+}
+
+/// The content a cycle.py "read" step printed.
+fn content_read(cycle: &mut Cycle) -> String {
+    let line = cycle.expect_line("content ", STEP);
+    let quoted = line.trim_start_matches("content ");
+    quoted.trim_matches('\'').to_string()
+}
+
+fn holder_killed(stage: &[&str], kill_after_resume: Option<Duration>) -> (String, f64) {
+    let (_tmp, state, _mount) = mounted(&["--max-hold", "30s"]);
+    let store = state.join("store.json");
+    let new = temp_step(NEW);
+    let mut steps: Vec<&str> = vec!["open", "read"];
+    steps.extend_from_slice(stage);
+    steps.push("pause");
+    if kill_after_resume.is_some() {
+        steps.push("rename");
+    }
+    let mut holder = Cycle::start(&store, &steps);
+    holder.expect_line("pause ok", STEP);
+    let mut waiter = Cycle::start(&store, &["read"]);
+    assert_waits(&mut waiter, "read ok", Duration::from_millis(500));
+    let killed_at = match kill_after_resume {
+        Some(delay) => {
+            holder.resume();
+            let deadline = Instant::now() + delay;
+            while Instant::now() < deadline {
+                std::hint::spin_loop();
+            }
+            let t = now();
+            holder.kill();
+            t
+        }
+        None => {
+            let t = now();
+            holder.kill();
+            t
+        }
+    };
+    assert!(holder.wait(PROMPT).is_some(), "the holder died");
+    let line = waiter.expect_line("read ok", PROMPT);
+    let waited = Cycle::time_of(&line) - killed_at;
+    let content = content_read(&mut waiter);
+    assert!(
+        content == OLD || content == NEW,
+        "the file is neither the old nor the new version: {content:?}"
+    );
+    assert!(waiter.wait(PROMPT).unwrap().success());
+    let on_disk = std::fs::read_to_string(&store).unwrap();
+    assert!(on_disk == OLD || on_disk == NEW, "torn: {on_disk:?}");
+    drop(new);
+    eprintln!("waiter proceeded {waited:.3}s after the kill; it read {content}");
+    (content, waited)
+}
+
+#[test]
+fn s8_holder_killed_after_its_read_lets_the_waiter_proceed() {
+    let (content, waited) = holder_killed(&[], None);
+    assert_eq!(content, OLD);
+    assert!(waited < PROMPT.as_secs_f64(), "waited {waited}s");
+}
+
+#[test]
+fn s8_holder_killed_after_its_temp_write_lets_the_waiter_proceed() {
+    let new = temp_step(NEW);
+    let (content, waited) = holder_killed(&[new.as_str()], None);
+    assert_eq!(content, OLD, "the temp was never renamed");
+    assert!(waited < PROMPT.as_secs_f64(), "waited {waited}s");
+}
+
+#[test]
+fn s8_holder_killed_around_its_rename_leaves_old_or_new() {
+    let new = temp_step(NEW);
+    let mut seen = Vec::new();
+    for delay_us in [0u64, 50, 200, 500, 1000, 2000, 5000] {
+        let (content, waited) =
+            holder_killed(&[new.as_str()], Some(Duration::from_micros(delay_us)));
+        assert!(waited < PROMPT.as_secs_f64(), "waited {waited}s");
+        seen.push((delay_us, content == NEW));
+    }
+    eprintln!("(kill delay in us, rename landed): {seen:?}");
+}
+
+#[test]
+fn s9_hung_holder_is_revoked_and_its_late_commit_is_fenced() {
+    let (_tmp, state, _mount) = mounted(&["--max-hold", "2s"]);
+    let store = state.join("store.json");
+    let late = temp_step(r#"{"v": "late"}"#);
+    let mut hung = Cycle::start(&store, &["open", "read", "pause", &late, "rename"]);
+    hung.expect_line("pause ok", STEP);
+    let queued_at = now();
+    let b = temp_step(r#"{"v": "b"}"#);
+    let mut other = Cycle::start(&store, &["read", &b, "rename"]);
+    let line = other.expect_line("read ok", STEP);
+    let waited = Cycle::time_of(&line) - queued_at;
+    eprintln!("the other process got in {waited:.3}s after queueing (max-hold 2s)");
+    assert!(waited > 1.0, "it should have waited for the hold limit: {waited}");
+    assert!(waited < 15.0, "hang guard: {waited}");
+    assert!(other.wait(STEP).unwrap().success(), "{:?}", other.seen);
+    assert_eq!(std::fs::read_to_string(&store).unwrap(), r#"{"v": "b"}"#);
+    hung.resume();
+    let status = hung.wait(STEP).expect("the late committer ends");
+    let refused = hung
+        .seen
+        .iter()
+        .find(|l| l.contains("ESTALE"))
+        .cloned()
+        .unwrap_or_else(|| panic!("the late commit was not refused: {:?}", hung.seen));
+    eprintln!("late commit: {refused}");
+    assert_eq!(status.code(), Some(3));
+    assert_eq!(
+        std::fs::read_to_string(&store).unwrap(),
+        r#"{"v": "b"}"#,
+        "the newer content is intact"
+    );
+}
+
+#[test]
+fn s12_waiter_killed_while_queued_dies_promptly_and_the_queue_moves_on() {
+    let (_tmp, state, _mount) = mounted(&["--max-hold", "30s"]);
+    let store = state.join("store.json");
+    let mut holder = Cycle::start(&store, &["open", "read", "pause", "close"]);
+    holder.expect_line("pause ok", STEP);
+    let mut first = Cycle::start(&store, &["read"]);
+    assert_waits(&mut first, "read ok", Duration::from_millis(400));
+    let mut second = Cycle::start(&store, &["read"]);
+    assert_waits(&mut second, "read ok", Duration::from_millis(400));
+    let pid = first.pid();
+    let killed = Instant::now();
+    first.kill();
+    let mut states = Vec::new();
+    let status = first.wait(PROMPT);
+    states.push(proc_state(pid));
+    assert!(
+        status.is_some(),
+        "the killed waiter is still there after {PROMPT:?}, state {:?}",
+        proc_state(pid)
+    );
+    eprintln!("killed waiter reaped {:?} after the kill", killed.elapsed());
+    assert!(!process_alive(pid));
+    holder.resume();
+    assert!(holder.wait(STEP).unwrap().success());
+    let released = now();
+    let line = second.expect_line("read ok", PROMPT);
+    eprintln!(
+        "the next waiter got in {:.3}s after the holder closed",
+        Cycle::time_of(&line) - released
+    );
+    assert_eq!(content_read(&mut second), OLD);
+}
+
+/// Starts cycle.py with `steps` as process id `pid` (which must be free) by setting
+/// /proc/sys/kernel/ns_last_pid, retrying while other processes take the number first.
+fn start_as_pid(pid: u32, store: &Path, steps: &[&str]) -> Option<Cycle> {
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", pid - 1)).ok()?;
+        let mut cycle = Cycle::start(store, &["pid", "pause"].iter().chain(steps).copied().collect::<Vec<_>>());
+        if cycle.pid() == pid {
+            cycle.expect_line("pause ok", STEP);
+            return Some(cycle);
+        }
+        cycle.kill();
+        let _ = cycle.wait(PROMPT);
+    }
+    None
+}
+
+#[test]
+fn a_recycled_pid_is_a_different_holder() {
+    if std::fs::write(
+        "/proc/sys/kernel/ns_last_pid",
+        std::fs::read_to_string("/proc/sys/kernel/ns_last_pid").unwrap_or_default(),
+    )
+    .is_err()
+    {
+        println!("skipped: /proc/sys/kernel/ns_last_pid is not writable (needs root)");
+        return;
+    }
+    let (_tmp, state, _mount) = mounted(&["--max-hold", "30s"]);
+    let store = state.join("store.json");
+
+    // 1. Fencing: A reads and exits; B commits; C, started with A's pid, writes without
+    //    reading. A process with no view must not inherit A's stale one: C's commit must
+    //    fare exactly as the same commit by a process with a fresh pid.
+    let mut a = Cycle::start(&store, &["read"]);
+    assert!(a.wait(STEP).unwrap().success());
+    let recycled = a.pid();
+    let mut b = Cycle::start(&store, &["read", "temp:{\"v\": \"b\"}", "rename"]);
+    assert!(b.wait(STEP).unwrap().success(), "{:?}", b.seen);
+    let mut control = Cycle::start(&store, &["blind:{\"v\": \"control\"}"]);
+    let control_status = control.wait(STEP).unwrap();
+    let Some(mut c) = start_as_pid(recycled, &store, &["blind:{\"v\": \"c\"}"]) else {
+        println!("skipped: could not get pid {recycled} again");
+        return;
+    };
+    c.resume();
+    let c_status = c.wait(STEP).unwrap();
+    eprintln!(
+        "pid {recycled} reused: control {:?} {:?}; recycled {:?} {:?}",
+        control_status, control.seen, c_status, c.seen
+    );
+    assert_eq!(
+        c_status.code(),
+        control_status.code(),
+        "the recycled pid was treated unlike a fresh process: {:?} vs {:?}",
+        c.seen,
+        control.seen
+    );
+    assert!(c_status.success(), "a blind commit by a fresh process: {:?}", c.seen);
+    assert_eq!(std::fs::read_to_string(&store).unwrap(), r#"{"v": "c"}"#);
+
+    // 2. Queueing: holder H holds the lease, W queues, H is SIGKILLed; N, started with H's
+    //    pid, must not ride H's lease: it gets in only after W (FIFO), which holds the file
+    //    for a second.
+    let mut h = Cycle::start(&store, &["open", "read", "pause"]);
+    h.expect_line("pause ok", STEP);
+    let mut w = Cycle::start(&store, &["open", "read", "sleep:1", "close"]);
+    assert_waits(&mut w, "open ok", Duration::from_millis(400));
+    let recycled = h.pid();
+    h.kill();
+    assert!(h.wait(PROMPT).is_some());
+    let Some(mut n) = start_as_pid(recycled, &store, &["open", "read", "close"]) else {
+        println!("skipped: could not get pid {recycled} again");
+        return;
+    };
+    n.resume();
+    let w_open = Cycle::time_of(&w.expect_line("open ok", PROMPT));
+    let w_close = Cycle::time_of(&w.expect_line("close ok", STEP));
+    let n_open = Cycle::time_of(&n.expect_line("open ok", STEP));
+    eprintln!(
+        "pid {recycled} reused: waiter open {w_open:.3} close {w_close:.3}; newcomer open {n_open:.3}"
+    );
+    assert!(
+        n_open >= w_close - 0.05,
+        "the newcomer with the dead holder's pid got the file while the waiter held it"
+    );
+    assert!(w.wait(STEP).unwrap().success());
+    assert!(n.wait(STEP).unwrap().success());
+}
