@@ -282,3 +282,217 @@ fn a_recycled_pid_is_a_different_holder() {
     assert!(w.wait(STEP).unwrap().success());
     assert!(n.wait(STEP).unwrap().success());
 }
+
+/// One writer program of the soak and the daemon-kill test.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    NodeCycle,
+    PyCycle,
+    ShCycle,
+    NodeAppend,
+}
+
+impl Kind {
+    fn store(self) -> &'static str {
+        match self {
+            Kind::NodeCycle | Kind::PyCycle => "cycle.json",
+            Kind::ShCycle => "lines.txt",
+            Kind::NodeAppend => "log.jsonl",
+        }
+    }
+
+    /// Starts the writer in its own process group (so a kill takes sed and mv too).
+    fn spawn(self, dir: &Path, id: &str, cycles: u32, log: &Path, stderr: &Path) -> Child {
+        use std::os::unix::process::CommandExt;
+        let (program, script) = match self {
+            Kind::NodeCycle => ("node", "node_cycle.js"),
+            Kind::PyCycle => (python3(), "py_cycle.py"),
+            Kind::ShCycle => ("bash", "sh_cycle.sh"),
+            Kind::NodeAppend => ("node", "node_append.js"),
+        };
+        Command::new(program)
+            .arg(common::writers::writer(script))
+            .arg(dir)
+            .arg(self.store())
+            .arg(id)
+            .arg(cycles.to_string())
+            .env("LOCKFS_COMMIT_LOG", log)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(stderr).unwrap())
+            .spawn()
+            .expect("start a writer")
+    }
+}
+
+use std::process::{Child, Stdio};
+
+fn seed_stores(dir: &Path) {
+    std::fs::write(dir.join("cycle.json"), "{}").unwrap();
+    std::fs::write(dir.join("lines.txt"), "start\n").unwrap();
+    std::fs::write(dir.join("log.jsonl"), "").unwrap();
+}
+
+/// What the stores hold: keys of cycle.json, lines of lines.txt, ids of log.jsonl; and
+/// what is broken (unparsable JSON, torn lines).
+fn store_keys(dir: &Path) -> (std::collections::HashSet<String>, Vec<String>) {
+    let mut keys = std::collections::HashSet::new();
+    let mut broken = Vec::new();
+    let text = std::fs::read_to_string(dir.join("cycle.json")).unwrap();
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Object(map)) => keys.extend(map.keys().cloned()),
+        other => broken.push(format!("cycle.json does not parse: {other:?}: {text:?}")),
+    }
+    let text = std::fs::read_to_string(dir.join("lines.txt")).unwrap();
+    if !text.starts_with("start\n") || !text.ends_with('\n') {
+        broken.push(format!("lines.txt is torn: {text:?}"));
+    }
+    keys.extend(text.lines().map(str::to_string));
+    let text = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+    for line in text.lines() {
+        match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(v) => keys.insert(v["id"].as_str().unwrap_or_default().to_string()),
+            Err(_) => {
+                broken.push(format!("log.jsonl has a torn line: {line:?}"));
+                false
+            }
+        };
+    }
+    (keys, broken)
+}
+
+/// Sends SIGKILL to a writer's whole process group and reaps it.
+fn kill_group(child: &mut Child) {
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+#[test]
+fn daemon_killed_under_load_leaves_intact_files_and_remounts_at_once() {
+    let (tmp, state) = state_dir();
+    seed_stores(&state);
+    let pid_file = tmp.path().join("daemon.pid");
+    let log = tmp.path().join("commits.log");
+    let mut mount = MountGuard::mount(&state, &["--pid-file", pid_file.to_str().unwrap()]);
+    let daemon = read_pid(&pid_file);
+    let kinds = [
+        Kind::NodeCycle,
+        Kind::NodeCycle,
+        Kind::PyCycle,
+        Kind::ShCycle,
+        Kind::NodeAppend,
+    ];
+    let mut writers: Vec<Child> = kinds
+        .iter()
+        .enumerate()
+        .map(|(n, kind)| {
+            let err = tmp.path().join(format!("w{n}.err"));
+            kind.spawn(&state, &format!("w{n}"), 100_000, &log, &err)
+        })
+        .collect();
+    assert!(
+        wait_until(STEP, || std::fs::read_to_string(&log)
+            .map(|t| t.lines().count() > 100)
+            .unwrap_or(false)),
+        "the writers made no progress"
+    );
+    unsafe { libc::kill(daemon as i32, libc::SIGKILL) };
+    assert!(wait_until(PROMPT, || !process_alive(daemon)));
+    // The writers now fail with ENOTCONN; give them a moment, then stop the rest.
+    let ended = wait_until(PROMPT, || {
+        writers.iter_mut().all(|w| w.try_wait().unwrap().is_some())
+    });
+    for w in &mut writers {
+        kill_group(w);
+    }
+    let out = mount.unmount();
+    assert!(
+        out.status.success(),
+        "unmount of the dead mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!common::is_mounted(&state));
+    let committed = std::fs::read_to_string(&log).unwrap();
+    let (keys, broken) = store_keys(&state);
+    assert!(broken.is_empty(), "{broken:?}");
+    let lost: Vec<&str> = committed.lines().filter(|k| !keys.contains(*k)).collect();
+    assert!(lost.is_empty(), "committed updates lost: {lost:?}");
+    eprintln!(
+        "daemon killed after {} commits; writers ended by themselves: {ended}; all stores parse",
+        committed.lines().count()
+    );
+    let start = Instant::now();
+    let _again = MountGuard::mount(&state, &[]);
+    eprintln!("remounted in {:?}", start.elapsed());
+    let (again, broken) = store_keys(&state);
+    assert!(broken.is_empty(), "{broken:?}");
+    assert_eq!(again, keys, "the new mount shows the same files");
+    std::fs::write(state.join("after.txt"), "works").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(state.join("after.txt")).unwrap(),
+        "works"
+    );
+}
+
+/// A small tmpfs mounted inside a temp dir; unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "lockfs-test"])
+            .arg(dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn disk_full_gives_enospc_keeps_the_last_version_and_releases_the_lease() {
+    let tmp = tempfile::Builder::new()
+        .prefix("lockfs-test")
+        .tempdir()
+        .unwrap();
+    let Some(_tmpfs) = Tmpfs::mount(&tmp.path().join("small"), "2m") else {
+        println!("skipped: cannot mount a tmpfs (needs root)");
+        return;
+    };
+    let state = tmp.path().join("small").join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::write(state.join("store.json"), OLD).unwrap();
+    let _mount = MountGuard::mount(&state, &["--max-hold", "30s"]);
+    let store = state.join("store.json");
+    // A cycle whose temp does not fit; the writer stays alive afterwards (as a server
+    // that catches the error would), so only the lease's own rules (not its exit) can let
+    // the next writer in.
+    let mut full = Cycle::start(
+        &store,
+        &["read", "try:big:4000000", "try:unlinktemp", "pause"],
+    );
+    full.expect_line("pause ok", STEP);
+    assert!(
+        full.seen.iter().any(|l| l.starts_with("big ENOSPC")),
+        "{:?}",
+        full.seen
+    );
+    assert_eq!(std::fs::read_to_string(&store).unwrap(), OLD, "last good version");
+    let started = now();
+    let mut next = Cycle::start(&store, &["read", "temp:{\"v\": \"next\"}", "rename"]);
+    let status = next.wait(STEP).expect("the next writer ends");
+    assert!(status.success(), "{:?}", next.seen);
+    let took = Cycle::time_of(next.seen.last().unwrap()) - started;
+    eprintln!("after ENOSPC the next writer committed in {took:.3}s (max-hold 30s)");
+    assert!(took < PROMPT.as_secs_f64());
+    assert_eq!(std::fs::read_to_string(&store).unwrap(), r#"{"v": "next"}"#);
+    assert!(full.child.try_wait().unwrap().is_none(), "the full writer is alive");
+}
