@@ -139,7 +139,10 @@ fn s9_hung_holder_is_revoked_and_its_late_commit_is_fenced() {
     let line = other.expect_line("read ok", STEP);
     let waited = Cycle::time_of(&line) - queued_at;
     eprintln!("the other process got in {waited:.3}s after queueing (max-hold 2s)");
-    assert!(waited > 1.0, "it should have waited for the hold limit: {waited}");
+    assert!(
+        waited > 1.0,
+        "it should have waited for the hold limit: {waited}"
+    );
     assert!(waited < 15.0, "hang guard: {waited}");
     assert!(other.wait(STEP).unwrap().success(), "{:?}", other.seen);
     assert_eq!(std::fs::read_to_string(&store).unwrap(), r#"{"v": "b"}"#);
@@ -199,7 +202,14 @@ fn s12_waiter_killed_while_queued_dies_promptly_and_the_queue_moves_on() {
 fn start_as_pid(pid: u32, store: &Path, steps: &[&str]) -> Option<Cycle> {
     for _ in 0..200 {
         std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", pid - 1)).ok()?;
-        let mut cycle = Cycle::start(store, &["pid", "pause"].iter().chain(steps).copied().collect::<Vec<_>>());
+        let mut cycle = Cycle::start(
+            store,
+            &["pid", "pause"]
+                .iter()
+                .chain(steps)
+                .copied()
+                .collect::<Vec<_>>(),
+        );
         if cycle.pid() == pid {
             cycle.expect_line("pause ok", STEP);
             return Some(cycle);
@@ -251,7 +261,11 @@ fn a_recycled_pid_is_a_different_holder() {
         c.seen,
         control.seen
     );
-    assert!(c_status.success(), "a blind commit by a fresh process: {:?}", c.seen);
+    assert!(
+        c_status.success(),
+        "a blind commit by a fresh process: {:?}",
+        c.seen
+    );
     assert_eq!(std::fs::read_to_string(&store).unwrap(), r#"{"v": "c"}"#);
 
     // 2. Queueing: holder H holds the lease, W queues, H is SIGKILLed; N, started with H's
@@ -485,7 +499,11 @@ fn disk_full_gives_enospc_keeps_the_last_version_and_releases_the_lease() {
         "{:?}",
         full.seen
     );
-    assert_eq!(std::fs::read_to_string(&store).unwrap(), OLD, "last good version");
+    assert_eq!(
+        std::fs::read_to_string(&store).unwrap(),
+        OLD,
+        "last good version"
+    );
     let started = now();
     let mut next = Cycle::start(&store, &["read", "temp:{\"v\": \"next\"}", "rename"]);
     let status = next.wait(STEP).expect("the next writer ends");
@@ -494,5 +512,188 @@ fn disk_full_gives_enospc_keeps_the_last_version_and_releases_the_lease() {
     eprintln!("after ENOSPC the next writer committed in {took:.3}s (max-hold 30s)");
     assert!(took < PROMPT.as_secs_f64());
     assert_eq!(std::fs::read_to_string(&store).unwrap(), r#"{"v": "next"}"#);
-    assert!(full.child.try_wait().unwrap().is_none(), "the full writer is alive");
+    assert!(
+        full.child.try_wait().unwrap().is_none(),
+        "the full writer is alive"
+    );
+}
+
+/// A small xorshift generator (no dependency; the seed is printed for replay).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// LOCKFS_SOAK_SECS (default 20) of mixed writers with random SIGKILLs: no committed
+/// update lost, nothing torn, no writer stuck, the daemon's RSS flat.
+#[test]
+fn soak_mixed_writers_with_random_kills() {
+    let secs: u64 = std::env::var("LOCKFS_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = std::env::var("LOCKFS_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| now().to_bits() | 1);
+    eprintln!("soak: {secs}s, LOCKFS_SOAK_SEED={seed}");
+    let mut rng = Rng(seed);
+    let (tmp, state) = state_dir();
+    seed_stores(&state);
+    let pid_file = tmp.path().join("daemon.pid");
+    let log = tmp.path().join("commits.log");
+    let errs = tmp.path().join("errs");
+    std::fs::create_dir(&errs).unwrap();
+    let _mount = MountGuard::mount(
+        &state,
+        &[
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "--max-hold",
+            "10s",
+            "--max-wait",
+            "30s",
+        ],
+    );
+    let daemon = read_pid(&pid_file);
+    let slots = [
+        Kind::NodeCycle,
+        Kind::NodeCycle,
+        Kind::PyCycle,
+        Kind::ShCycle,
+        Kind::NodeAppend,
+        Kind::NodeAppend,
+    ];
+    let mut serial = 0u32;
+    let mut spawn = |kind: Kind, rng: &mut Rng| {
+        serial += 1;
+        let id = format!("k{serial}");
+        let err = errs.join(format!("{id}.err"));
+        let cycles = 5 + rng.below(40) as u32;
+        (id.clone(), kind.spawn(&state, &id, cycles, &log, &err))
+    };
+    let mut running: Vec<(String, Child)> = slots.iter().map(|k| spawn(*k, &mut rng)).collect();
+    let mut kills = 0u32;
+    let mut finished = 0u32;
+    let mut failures: Vec<String> = Vec::new();
+    let mut rss_start = None;
+    let mut last_count = 0usize;
+    let mut last_progress = Instant::now();
+    let mut stalls = 0u32;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_millis(100 + rng.below(400)));
+        if rss_start.is_none() && start.elapsed() > Duration::from_secs(2) {
+            rss_start = common::cycle::rss_kb(daemon);
+        }
+        // Kill one writer at random (its whole process group), about every other tick.
+        if rng.below(2) == 0 {
+            let n = rng.below(running.len() as u64) as usize;
+            kill_group(&mut running[n].1);
+            kills += 1;
+            let kind = slots[n];
+            running[n] = spawn(kind, &mut rng);
+        }
+        for (n, (id, child)) in running.iter_mut().enumerate() {
+            if let Some(status) = child.try_wait().unwrap() {
+                if status.success() {
+                    finished += 1;
+                } else {
+                    let err =
+                        std::fs::read_to_string(errs.join(format!("{id}.err"))).unwrap_or_default();
+                    failures.push(format!("{id} {:?} {status}: {}", slots[n], err.trim()));
+                }
+                let (new_id, new_child) = spawn(slots[n], &mut rng);
+                *id = new_id;
+                *child = new_child;
+            }
+        }
+        let count = std::fs::read_to_string(&log)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        if count > last_count {
+            last_count = count;
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > Duration::from_secs(10) {
+            stalls += 1;
+            last_progress = Instant::now();
+        }
+    }
+    // No stuck waiter: every writer still running finishes its few cycles on its own.
+    let mut stuck = Vec::new();
+    for (id, child) in &mut running {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        match status {
+            Some(s) if s.success() => finished += 1,
+            Some(s) => failures.push(format!(
+                "{id} {s}: {}",
+                std::fs::read_to_string(errs.join(format!("{id}.err")))
+                    .unwrap_or_default()
+                    .trim()
+            )),
+            None => {
+                stuck.push(format!(
+                    "{id} (pid {}, state {:?})",
+                    child.id(),
+                    proc_state(child.id())
+                ));
+                kill_group(child);
+            }
+        }
+    }
+    let rss_end = common::cycle::rss_kb(daemon);
+    let committed = std::fs::read_to_string(&log).unwrap_or_default();
+    let (keys, broken) = store_keys(&state);
+    let lost: Vec<&str> = committed.lines().filter(|k| !keys.contains(*k)).collect();
+    let refused = failures
+        .iter()
+        .filter(|f| f.contains("ESTALE") || f.contains("errno 116") || f.contains("Stale"))
+        .count();
+    eprintln!(
+        "soak {secs}s seed {seed}: {} committed updates, {} lost, {kills} writers SIGKILLed, \
+         {finished} writers finished, {} failed ({refused} refused with ESTALE), {} stuck, \
+         {stalls} stalls of 10s, daemon VmRSS {rss_start:?} -> {rss_end:?} kB",
+        committed.lines().count(),
+        lost.len(),
+        failures.len(),
+        stuck.len()
+    );
+    for f in &failures {
+        eprintln!("  failure: {}", f.lines().next().unwrap_or_default());
+    }
+    assert!(broken.is_empty(), "torn stores: {broken:?}");
+    assert!(lost.is_empty(), "committed updates lost: {lost:?}");
+    assert!(stuck.is_empty(), "stuck writers: {stuck:?}");
+    assert_eq!(stalls, 0, "no commit for 10s at a time");
+    assert!(committed.lines().count() > 50, "the soak did some work");
+    let unexpected: Vec<&String> = failures
+        .iter()
+        .filter(|f| !(f.contains("ESTALE") || f.contains("errno 116") || f.contains("Stale")))
+        .collect();
+    assert!(unexpected.is_empty(), "writers failed: {unexpected:?}");
+    if let (Some(a), Some(b)) = (rss_start, rss_end) {
+        assert!(
+            b < a * 2 + 32 * 1024,
+            "daemon RSS grew from {a} kB to {b} kB"
+        );
+    }
 }
