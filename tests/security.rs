@@ -83,7 +83,10 @@ fn without_allow_other_another_user_cannot_see_into_the_mount() {
     eprintln!("{}", got.join("\n"));
     assert_eq!(
         got,
-        vec!["whoami: ok 65534:65534".to_string(), "enter dir: EACCES".to_string()],
+        vec![
+            "whoami: ok 65534:65534".to_string(),
+            "enter dir: EACCES".to_string()
+        ],
         "without --allow-other nobody must get EACCES"
     );
     // The owner still can.
