@@ -5,6 +5,9 @@
 # the dummy users nobody/nogroup and daemon/daemon).
 #
 # Usage: scripts/conformance.sh [path/to/lockfs]    (default: target/debug/lockfs)
+# FSX_OPS (default 100000) sets the fsx operation count; STRESS_SECS (default 60) the
+# stress-ng run (--rename --link --flock --lockf --iomix --dentry --verify) through the
+# mount in each data path.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -87,11 +90,27 @@ for mode in passthrough no-passthrough; do
     fi
   done < <(grep ' ok$' "$WORK/native.txt")
 
-  if (cd "$MNT" && fsx -N 20000 -S 42 "$MNT/fsxfile" > "$WORK/fsx-$mode.log" 2>&1); then
+  if (cd "$MNT" && fsx -N "${FSX_OPS:-100000}" -S 42 "$MNT/fsxfile" > "$WORK/fsx-$mode.log" 2>&1); then
     echo "fsx through lockfs ($mode): $(tail -1 "$WORK/fsx-$mode.log")"
   else
     echo "fsx through lockfs ($mode) FAILED:"
     tail -30 "$WORK/fsx-$mode.log"
+    status=1
+  fi
+  if command -v stress-ng >/dev/null; then
+    mkdir -p "$MNT/stress"
+    if stress-ng --temp-path "$MNT/stress" --rename 2 --link 2 --flock 2 --lockf 2 \
+        --iomix 1 --dentry 2 --verify --timeout "${STRESS_SECS:-60}s" --metrics-brief \
+        > "$WORK/stress-$mode.log" 2>&1; then
+      echo "stress-ng through lockfs ($mode): clean"
+    else
+      echo "stress-ng through lockfs ($mode) FAILED:"
+      tail -30 "$WORK/stress-$mode.log"
+      status=1
+    fi
+    rm -rf "$MNT/stress"
+  else
+    echo "stress-ng missing (scripts/setup.sh installs it)"
     status=1
   fi
   "$LOCKFS" unmount "$MNT"

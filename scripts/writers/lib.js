@@ -102,4 +102,12 @@ function parseStore(text, store) {
   }
 }
 
-module.exports = { fs, path, crypto, parseArgs, tmpName, sleep, run, parseStore, fail };
+// If LOCKFS_COMMIT_LOG names a file, appends `key` to it as one line, after the commit
+// that added the key returned (the soak test counts these as committed updates). Unset:
+// does nothing, so the writers behave as before.
+function logCommit(key) {
+  const log = process.env.LOCKFS_COMMIT_LOG;
+  if (log) fs.appendFileSync(log, `${key}\n`);
+}
+
+module.exports = { fs, path, crypto, parseArgs, tmpName, sleep, run, parseStore, fail, logCommit };

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 'use strict';
 // S3 appender: appendFile one complete JSON line per call, with a unique id ID-i.
-const { fs, path, parseArgs, run } = require('./lib');
+const { fs, path, parseArgs, run, logCommit } = require('./lib');
 
 const usage = `usage: node_append.js DIR STORE ID COUNT [--pad N]
 Appends COUNT JSONL lines {"id":"ID-i",...} to DIR/STORE.`;
@@ -14,6 +14,7 @@ run(`node_append ${a.id}`, async (at) => {
     at(`line ${i}`);
     const line = JSON.stringify({ id: `${a.id}-${i}`, pid: process.pid, t: Date.now(), pad });
     await fs.promises.appendFile(store, line + '\n');
+    logCommit(`${a.id}-${i}`);
   }
   return { writer: a.id, done: a.count };
 });

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 'use strict';
 // S1: M cycles of readFile -> JSON.parse -> add a unique key -> writeFile(tmp) -> rename.
-const { fs, path, parseArgs, tmpName, sleep, run, parseStore } = require('./lib');
+const { fs, path, parseArgs, tmpName, sleep, run, parseStore, logCommit } = require('./lib');
 
 const usage = `usage: node_cycle.js DIR STORE ID CYCLES [--tmp target|uuid|fs-safe|fixed] [--work-ms N]
 Adds keys ID-0 .. ID-(CYCLES-1) to the JSON object in DIR/STORE.`;
@@ -19,6 +19,7 @@ run(`node_cycle ${a.id}`, async (at) => {
     await fs.promises.writeFile(tmp, JSON.stringify(data, null, 2));
     at(`cycle ${i} rename`);
     await fs.promises.rename(tmp, store);
+    logCommit(`${a.id}-${i}`);
   }
   return { writer: a.id, done: a.cycles };
 });

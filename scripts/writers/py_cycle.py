@@ -14,6 +14,8 @@ def main() -> int:
         return 2
     directory, name, writer, cycles = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     store = os.path.join(directory, name)
+    # LOCKFS_COMMIT_LOG: a file to append each committed key to, after os.replace returned.
+    commit_log = os.environ.get("LOCKFS_COMMIT_LOG")
     step = "start"
     try:
         for i in range(cycles):
@@ -28,6 +30,9 @@ def main() -> int:
                 json.dump(data, tmp, indent=2)
             step = f"cycle {i} replace"
             os.replace(tmp.name, store)
+            if commit_log:
+                with open(commit_log, "a", encoding="utf-8") as log:
+                    log.write(f"{writer}-{i}\n")
     except Exception as err:  # noqa: BLE001 - report everything, then fail
         code = getattr(err, "errno", None)
         print(

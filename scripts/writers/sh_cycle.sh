@@ -5,6 +5,8 @@
 #   sh_cycle.sh DIR STORE ID CYCLES [fixed|pid]
 # fixed (default) uses STORE.tmp, as such scripts do; pid uses STORE.$$.tmp.
 # A failing step (sed or mv) is printed and exits 1.
+# LOCKFS_COMMIT_LOG (absolute path), if set: each committed line ID-i is appended to it
+# after mv returned.
 set -euo pipefail
 
 if [[ $# -lt 4 ]]; then
@@ -27,6 +29,9 @@ for ((i = 0; i < cycles; i++)); do
     if ! mv "$tmp" "$name"; then
         echo "sh_cycle $id (pid $$) failed at cycle $i: mv $tmp $name" >&2
         exit 1
+    fi
+    if [[ -n "${LOCKFS_COMMIT_LOG:-}" ]]; then
+        echo "$id-$i" >> "$LOCKFS_COMMIT_LOG"
     fi
 done
 printf '{"writer":"%s","done":%d}\n' "$id" "$cycles"

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+pub mod cycle;
 pub mod writers;
 
 pub const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");
