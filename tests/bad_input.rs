@@ -224,7 +224,6 @@ fn an_unprivileged_user_gets_one_clear_line_and_nothing_mounted() {
 }
 
 #[test]
-#[ignore = "bug: --pid-file in a missing directory mounts anyway (exit 0) and writes no pid file"]
 fn a_pid_file_in_a_missing_directory_is_refused() {
     let (tmp, state) = state_dir();
     let pid_file = tmp.path().join("no/such/dir/lockfs.pid");
@@ -237,7 +236,6 @@ fn a_pid_file_in_a_missing_directory_is_refused() {
 }
 
 #[test]
-#[ignore = "bug: --log-file in a missing directory mounts anyway (exit 0) and logs nowhere"]
 fn a_log_file_in_a_missing_directory_is_refused() {
     let (tmp, state) = state_dir();
     let log_file = tmp.path().join("no/such/dir/lockfs.log");
@@ -250,7 +248,6 @@ fn a_log_file_in_a_missing_directory_is_refused() {
 }
 
 #[test]
-#[ignore = "bug: --pid-file inside the mounted dir deadlocks: the daemon opens it through its own not-yet-served mount; mount never returns"]
 fn a_pid_file_inside_the_mounted_dir_does_not_hang() {
     let (_tmp, state) = state_dir();
     let pid_file = state.join("lockfs.pid");

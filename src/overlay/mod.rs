@@ -74,8 +74,14 @@ pub struct UnmountArgs {
     pub lazy: bool,
 }
 
-pub fn mount_command(args: MountArgs) -> anyhow::Result<ExitCode> {
+pub fn mount_command(mut args: MountArgs) -> anyhow::Result<ExitCode> {
     let dir = checked_mount_dir(&args.dir)?;
+    if let Some(pid_file) = &args.pid_file {
+        args.pid_file = Some(checked_side_file(pid_file, &dir, "--pid-file")?);
+    }
+    if let Some(log_file) = &args.log_file {
+        args.log_file = Some(checked_side_file(log_file, &dir, "--log-file")?);
+    }
     if args.foreground {
         run_daemon(&args, &dir, None)?;
         return Ok(ExitCode::SUCCESS);
@@ -175,6 +181,33 @@ fn checked_mount_dir(dir: &Path) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(dir)
+}
+
+/// An absolute path for a file the daemon writes (pid or log file): its directory must
+/// exist, and it must lie outside the mount, which cannot serve the daemon before it runs.
+fn checked_side_file(file: &Path, mount_dir: &Path, option: &str) -> anyhow::Result<PathBuf> {
+    let name = file
+        .file_name()
+        .with_context(|| format!("{option} {} names no file", file.display()))?;
+    let parent = match file.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let parent = std::fs::canonicalize(parent).map_err(|e| {
+        anyhow::anyhow!(
+            "{option} {}: its directory cannot be used ({e}); create it or choose another path",
+            file.display()
+        )
+    })?;
+    let absolute = parent.join(name);
+    if absolute.starts_with(mount_dir) {
+        bail!(
+            "{option} {} is inside {}, which lockfs is about to mount over; put it outside",
+            file.display(),
+            mount_dir.display()
+        );
+    }
+    Ok(absolute)
 }
 
 fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
