@@ -380,9 +380,9 @@ impl Gate {
         self.execute(actions);
     }
 
-    /// Ends a use that did not touch the file (the open is answered with ESTALE so that
-    /// the kernel looks the name up again and retries within the same cycle).
-    /// The kernel retries on the same thread, so the lease is kept for that thread.
+    /// Keeps a granted lease whose open is answered with ESTALE (the name now points at
+    /// another file): the kernel looks the name up again and retries on the same thread,
+    /// and that retry takes this lease instead of queueing again.
     pub fn keep_for_retry(&self, tid: u32, held: &Held) {
         let now = self.now();
         self.retries
@@ -409,6 +409,7 @@ impl Gate {
         }
     }
 
+    /// Ends a kept lease whose retry never came (the name is gone, say).
     fn finish_unused_now(&self, held: &Held) {
         let actions = self
             .engine
