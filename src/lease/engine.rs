@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::Holder;
 use super::policy::{GapHistory, Policy};
-use super::view::{Counters, EndReason, HolderView, LeaseState, LeaseView, WaiterView};
+use super::view::{Counters, EndReason};
 
 /// What a request wants to do with a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -75,7 +75,7 @@ enum Join {
 }
 
 #[derive(Debug)]
-enum Mode {
+pub(super) enum Mode {
     Exclusive {
         holder: Holder,
         uses: u32,
@@ -96,45 +96,45 @@ enum Mode {
 }
 
 #[derive(Debug)]
-struct Lease {
-    id: LeaseId,
-    mode: Mode,
-    granted_at: Duration,
+pub(super) struct Lease {
+    pub(super) id: LeaseId,
+    pub(super) mode: Mode,
+    pub(super) granted_at: Duration,
     /// Temp files written during this cycle: their leases end with this one (and commit
     /// if they wrote), so nobody truncates a temp file before its rename.
-    ties: Vec<(LeaseId, bool)>,
+    pub(super) ties: Vec<(LeaseId, bool)>,
     /// This lease is a temp file's, tied to another cycle: it has no linger of its own.
-    tied: bool,
+    pub(super) tied: bool,
 }
 
 #[derive(Debug)]
-struct Waiter {
-    id: WaitId,
-    holder: Holder,
-    intent: Intent,
-    since: Duration,
-    deadline: Duration,
+pub(super) struct Waiter {
+    pub(super) id: WaitId,
+    pub(super) holder: Holder,
+    pub(super) intent: Intent,
+    pub(super) since: Duration,
+    pub(super) deadline: Duration,
 }
 
 #[derive(Debug, Default)]
 pub(super) struct Entry {
-    generation: u64,
-    lease: Option<Lease>,
-    queue: VecDeque<Waiter>,
-    gaps: GapHistory,
+    pub(super) generation: u64,
+    pub(super) lease: Option<Lease>,
+    pub(super) queue: VecDeque<Waiter>,
+    pub(super) gaps: GapHistory,
     /// How many processes have a `seen` record for this file.
-    seen_by: u32,
+    pub(super) seen_by: u32,
 }
 
 impl Entry {
     /// Nothing would be lost by forgetting this file: generation 0 and no history are
     /// equivalent to it, since no process has seen it and nobody holds or waits.
-    fn is_idle(&self) -> bool {
+    pub(super) fn is_idle(&self) -> bool {
         self.lease.is_none() && self.queue.is_empty() && self.seen_by == 0 && self.gaps.is_empty()
     }
 }
 
-fn entry_seen_by<K: Eq + Hash>(entries: &mut HashMap<K, Entry>, key: &K, delta: i32) {
+pub(super) fn entry_seen_by<K: Eq + Hash>(entries: &mut HashMap<K, Entry>, key: &K, delta: i32) {
     if let Some(entry) = entries.get_mut(key) {
         entry.seen_by = entry.seen_by.saturating_add_signed(delta);
     }
@@ -145,23 +145,23 @@ const READER_STREAK: u32 = 2;
 
 /// Per-file FIFO leases. `K` names a file (a path, or a parent inode and a name).
 pub struct Engine<K> {
-    policy: Policy,
+    pub(super) policy: Policy,
     pub(super) entries: HashMap<K, Entry>,
-    active: HashMap<LeaseId, K>,
-    waiting: HashMap<WaitId, K>,
+    pub(super) active: HashMap<LeaseId, K>,
+    pub(super) waiting: HashMap<WaitId, K>,
     /// The newest generation each process has seen of a file it read (by reading it or by
     /// its own commit). A write from a process whose view is older is refused.
-    seen: HashMap<(K, Holder), u64>,
-    counters: Counters,
-    next_id: u64,
+    pub(super) seen: HashMap<(K, Holder), u64>,
+    pub(super) counters: Counters,
+    pub(super) next_id: u64,
     /// Generations are drawn from one sequence for all files, so a file forgotten and
     /// met again never shows a generation older than one handed out before.
-    commits: u64,
+    pub(super) commits: u64,
     /// How many read-only cycles in a row each process has had on each file: a process
     /// that keeps reading without saving is a reader, and its lease ends at close.
-    read_streaks: HashMap<(K, Holder), u32>,
+    pub(super) read_streaks: HashMap<(K, Holder), u32>,
     /// Leases tied to one that just ended, still to be ended in turn.
-    untied: Vec<(LeaseId, bool)>,
+    pub(super) untied: Vec<(LeaseId, bool)>,
 }
 
 impl<K: Clone + Eq + Hash> Engine<K> {
@@ -428,7 +428,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     }
 
     /// A known reader's cycle ends when its last handle closes.
-    fn ends_at_close(&self, key: &K, holder: Holder) -> bool {
+    pub(super) fn ends_at_close(&self, key: &K, holder: Holder) -> bool {
         let entry = &self.entries[key];
         matches!(
             entry.lease.as_ref(),
@@ -444,160 +444,6 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 ..
             }) if *h == holder
         ) && self.linger_for(key, entry, holder).is_zero()
-    }
-
-    /// Ends a use that did not touch the file (an open answered with a retry): the holder
-    /// keeps the lease for a moment, and its next read continues this cycle.
-    pub fn finish_unused(
-        &mut self,
-        now: Duration,
-        lease: LeaseId,
-        holder: Holder,
-    ) -> Vec<Action<K>> {
-        let Some(key) = self.active.get(&lease).cloned() else {
-            return Vec::new();
-        };
-        let entry = self
-            .entries
-            .get_mut(&key)
-            .expect("active lease has an entry");
-        if let Some(Lease {
-            mode:
-                Mode::Exclusive {
-                    holder: current,
-                    uses,
-                    idle_since,
-                    reopen,
-                    ..
-                },
-            ..
-        }) = entry.lease.as_mut()
-            && *current == holder
-        {
-            *uses = uses.saturating_sub(1);
-            if *uses == 0 {
-                *idle_since = Some(now);
-                *reopen = true;
-            }
-            return Vec::new();
-        }
-        self.finish(now, lease, holder, false)
-    }
-
-    /// Ties `holder`'s lease on the temp file `temp` to its read cycle on `to`: the temp
-    /// lease then ends (committing if `wrote`) when that cycle ends. `release_use` ends
-    /// one use of the temp lease first (its handle closed); otherwise all uses end (the
-    /// holder died). False when there is nothing to tie, and nothing changed.
-    pub fn tie(
-        &mut self,
-        temp: &K,
-        holder: Holder,
-        wrote: bool,
-        to: &K,
-        release_use: bool,
-    ) -> bool {
-        if !self.is_reading(to, holder) {
-            return false;
-        }
-        let Some(Lease {
-            id,
-            mode: Mode::Exclusive {
-                holder: h, uses, ..
-            },
-            tied,
-            ..
-        }) = self
-            .entries
-            .get_mut(temp)
-            .and_then(|entry| entry.lease.as_mut())
-        else {
-            return false;
-        };
-        if *h != holder {
-            return false;
-        }
-        let id = *id;
-        *uses = if release_use {
-            uses.saturating_sub(1)
-        } else {
-            0
-        };
-        if *uses > 0 {
-            return true;
-        }
-        *tied = true;
-        let target = self
-            .entries
-            .get_mut(to)
-            .and_then(|entry| entry.lease.as_mut())
-            .expect("checked above");
-        target.ties.push((id, wrote));
-        true
-    }
-
-    /// Whether `holder` holds `key` in a cycle that has not written yet.
-    pub fn is_reading(&self, key: &K, holder: Holder) -> bool {
-        matches!(
-            self.entries.get(key).and_then(|entry| entry.lease.as_ref()),
-            Some(Lease {
-                mode: Mode::Exclusive {
-                    holder: h,
-                    writing: false,
-                    bound: None,
-                    ..
-                },
-                tied: false,
-                ..
-            }) if *h == holder
-        )
-    }
-
-    /// Gives up one unused use of a lease at once, with no linger: the use never touched
-    /// the file, and keeping the lease would make others wait for nothing.
-    pub fn abandon(&mut self, now: Duration, lease: LeaseId, holder: Holder) -> Vec<Action<K>> {
-        let Some(key) = self.active.get(&lease).cloned() else {
-            return Vec::new();
-        };
-        let entry = self
-            .entries
-            .get_mut(&key)
-            .expect("active lease has an entry");
-        let current = entry.lease.as_mut().expect("active lease is current");
-        let ended = match &mut current.mode {
-            Mode::Exclusive {
-                holder: h, uses, ..
-            } if *h == holder => {
-                *uses = uses.saturating_sub(1);
-                *uses == 0
-            }
-            _ => return self.finish(now, lease, holder, false),
-        };
-        let mut actions = Vec::new();
-        if ended {
-            self.end_lease(&key);
-            self.grant_waiters(now, &key, &mut actions);
-        }
-        actions
-    }
-
-    /// The files `holder` holds a lease on.
-    pub fn leases_of(&self, holder: Holder) -> Vec<K> {
-        self.active
-            .values()
-            .filter(|key| match self.entries[*key].lease.as_ref() {
-                Some(Lease { tied: true, .. }) | None => false,
-                Some(lease) => match &lease.mode {
-                    Mode::Exclusive {
-                        holder: h,
-                        bound: None,
-                        ..
-                    } => *h == holder,
-                    Mode::Shared { holders } => holders.contains_key(&holder),
-                    Mode::Exclusive { .. } => false,
-                },
-            })
-            .cloned()
-            .collect()
     }
 
     /// The holder did something that belongs to its cycles (wrote a temp file): its
@@ -641,143 +487,6 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             self.grant_waiters(now, &key, &mut actions);
         }
         actions
-    }
-
-    /// The holder exited. Its leases end, except a read lease named in `handoffs`, which
-    /// waits (for the policy's handoff time) for the rename of the temp file with that token.
-    pub fn holder_exited(
-        &mut self,
-        now: Duration,
-        holder: Holder,
-        handoffs: &[(K, u64)],
-    ) -> Vec<Action<K>> {
-        let mut actions = Vec::new();
-        let waits: Vec<(WaitId, K)> = self
-            .waiting
-            .iter()
-            .map(|(wait, key)| (*wait, key.clone()))
-            .collect();
-        for (wait, key) in waits {
-            let entry = self
-                .entries
-                .get_mut(&key)
-                .expect("waiting key has an entry");
-            if entry
-                .queue
-                .iter()
-                .any(|waiter| waiter.id == wait && waiter.holder == holder)
-            {
-                entry.queue.retain(|waiter| waiter.id != wait);
-                self.waiting.remove(&wait);
-                actions.push(Action::Abandoned { wait });
-            }
-        }
-        let held: Vec<K> = self.active.values().cloned().collect();
-        for key in held {
-            // Ending one lease may end the leases tied to it: skip those already gone.
-            let Some(lease) = self
-                .entries
-                .get_mut(&key)
-                .and_then(|entry| entry.lease.as_mut())
-            else {
-                continue;
-            };
-            if lease.tied {
-                continue;
-            }
-            let ended = match &mut lease.mode {
-                // A lease already waiting for its handoff stays: this exit was seen before.
-                Mode::Exclusive {
-                    holder: h,
-                    uses,
-                    writing,
-                    idle_since,
-                    bound: bound @ None,
-                    ..
-                } if *h == holder => {
-                    let token = handoffs
-                        .iter()
-                        .find(|(handoff_key, _)| *handoff_key == key)
-                        .map(|(_, token)| *token);
-                    match token {
-                        Some(token) if !*writing => {
-                            *bound = Some(token);
-                            *uses = 0;
-                            *idle_since = Some(now);
-                            self.counters.handoffs += 1;
-                            false
-                        }
-                        _ => true,
-                    }
-                }
-                Mode::Shared { holders } if holders.contains_key(&holder) => {
-                    holders.remove(&holder);
-                    holders.is_empty()
-                }
-                _ => false,
-            };
-            if ended {
-                self.counters.holder_exits_mid_cycle += 1;
-                self.end_lease(&key);
-            }
-            self.grant_waiters(now, &key, &mut actions);
-        }
-        self.read_streaks.retain(|(_, h), _| *h != holder);
-        let entries = &mut self.entries;
-        self.seen.retain(|(key, h), _| {
-            if *h == holder {
-                entry_seen_by(entries, key, -1);
-            }
-            *h != holder
-        });
-        let idle: Vec<K> = self
-            .entries
-            .iter()
-            .filter(|(_, entry)| entry.is_idle())
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in idle {
-            self.entries.remove(&key);
-        }
-        actions
-    }
-
-    /// The token of the temp file a dead holder's lease on `key` waits for, if any.
-    pub fn handoff_token(&self, key: &K) -> Option<u64> {
-        match self.entries.get(key)?.lease.as_ref()?.mode {
-            Mode::Exclusive { bound, .. } => bound,
-            Mode::Shared { .. } => None,
-        }
-    }
-
-    /// Passes a dead holder's lease on `key` to `holder`, which renames the temp file with
-    /// `token` onto it. None when no lease waits for that token.
-    pub fn adopt(&mut self, now: Duration, key: &K, token: u64, holder: Holder) -> Option<Grant> {
-        let entry = self.entries.get_mut(key)?;
-        let generation = entry.generation;
-        let lease = entry.lease.as_mut()?;
-        match &mut lease.mode {
-            Mode::Exclusive {
-                holder: h,
-                uses,
-                writing,
-                idle_since,
-                bound,
-                ..
-            } if *bound == Some(token) => {
-                *h = holder;
-                *uses = 1;
-                *writing = true;
-                *idle_since = None;
-                *bound = None;
-                lease.granted_at = now;
-                Some(Grant {
-                    lease: lease.id,
-                    generation,
-                })
-            }
-            _ => None,
-        }
     }
 
     /// Revokes the lease on `key` by hand.
@@ -863,90 +572,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         leases.chain(waiters).min()
     }
 
-    /// Every live lease and queue, for `lockfs status`.
-    pub fn snapshot(&self, now: Duration) -> Vec<LeaseView<K>> {
-        let mut views: Vec<LeaseView<K>> = self
-            .entries
-            .iter()
-            .filter(|(_, entry)| entry.lease.is_some() || !entry.queue.is_empty())
-            .map(|(key, entry)| {
-                let (holders, state, held) = match &entry.lease {
-                    None => (Vec::new(), LeaseState::Lingering, Duration::ZERO),
-                    Some(lease) => {
-                        let held = now.saturating_sub(lease.granted_at);
-                        match &lease.mode {
-                            Mode::Exclusive {
-                                holder,
-                                uses,
-                                writing,
-                                bound,
-                                ..
-                            } => {
-                                let state = if bound.is_some() {
-                                    LeaseState::Handoff
-                                } else if *writing {
-                                    LeaseState::Writing
-                                } else if *uses == 0 {
-                                    LeaseState::Lingering
-                                } else {
-                                    LeaseState::Reading
-                                };
-                                let view = HolderView {
-                                    process: *holder,
-                                    handles: *uses,
-                                };
-                                (vec![view], state, held)
-                            }
-                            Mode::Shared { holders } => {
-                                let views = holders
-                                    .iter()
-                                    .map(|(process, handles)| HolderView {
-                                        process: *process,
-                                        handles: *handles,
-                                    })
-                                    .collect();
-                                (views, LeaseState::Appending, held)
-                            }
-                        }
-                    }
-                };
-                LeaseView {
-                    key: key.clone(),
-                    holders,
-                    state,
-                    held,
-                    generation: entry.generation,
-                    waiters: entry
-                        .queue
-                        .iter()
-                        .map(|waiter| WaiterView {
-                            process: waiter.holder,
-                            waited: now.saturating_sub(waiter.since),
-                            intent: waiter.intent,
-                        })
-                        .collect(),
-                }
-            })
-            .collect();
-        views.sort_by_key(|view| std::cmp::Reverse(view.held));
-        views
-    }
-
-    /// The processes holding or waiting for `key`, oldest first.
-    pub fn holders_of(&self, key: &K) -> Vec<Holder> {
-        let Some(entry) = self.entries.get(key) else {
-            return Vec::new();
-        };
-        let mut holders: Vec<Holder> = match entry.lease.as_ref().map(|lease| &lease.mode) {
-            Some(Mode::Exclusive { holder, .. }) => vec![*holder],
-            Some(Mode::Shared { holders }) => holders.keys().copied().collect(),
-            None => Vec::new(),
-        };
-        holders.extend(entry.queue.iter().map(|waiter| waiter.holder));
-        holders
-    }
-
-    fn lease_deadline(&self, key: &K, entry: &Entry, lease: &Lease) -> (Duration, bool) {
+    pub(super) fn lease_deadline(&self, key: &K, entry: &Entry, lease: &Lease) -> (Duration, bool) {
         let hold = lease.granted_at + self.policy.max_hold;
         if lease.tied {
             return (hold, true);
@@ -972,7 +598,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
 
     /// The linger of `holder`'s cycle on `key`: none for a process that keeps reading
     /// without saving, else what the file's read-to-save gaps call for.
-    fn linger_for(&self, key: &K, entry: &Entry, holder: Holder) -> Duration {
+    pub(super) fn linger_for(&self, key: &K, entry: &Entry, holder: Holder) -> Duration {
         let streak = self
             .read_streaks
             .get(&(key.clone(), holder))
@@ -985,13 +611,18 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         }
     }
 
-    fn is_stale(&self, key: &K, holder: Holder, generation: u64) -> bool {
+    pub(super) fn is_stale(&self, key: &K, holder: Holder, generation: u64) -> bool {
         self.seen
             .get(&(key.clone(), holder))
             .is_some_and(|seen| *seen < generation)
     }
 
-    fn revoke_lease(&mut self, key: &K, reason: EndReason, actions: &mut Vec<Action<K>>) {
+    pub(super) fn revoke_lease(
+        &mut self,
+        key: &K,
+        reason: EndReason,
+        actions: &mut Vec<Action<K>>,
+    ) {
         let entry = &self.entries[key];
         let holders: Vec<Holder> = match entry.lease.as_ref().map(|lease| &lease.mode) {
             Some(Mode::Exclusive { holder, .. }) => vec![*holder],
@@ -1011,7 +642,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
 
     /// Ends the lease on `key`; forgets a file that nothing refers to any more, so that
     /// the table does not grow with every temp file ever written.
-    fn end_lease(&mut self, key: &K) {
+    pub(super) fn end_lease(&mut self, key: &K) {
         let entry = self.entries.get_mut(key).expect("entry exists");
         if let Some(lease) = entry.lease.take() {
             self.active.remove(&lease.id);
@@ -1020,7 +651,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     }
 
     /// Ends the leases tied to leases that ended, committing those that wrote.
-    fn end_untied(&mut self, now: Duration, actions: &mut Vec<Action<K>>) {
+    pub(super) fn end_untied(&mut self, now: Duration, actions: &mut Vec<Action<K>>) {
         while let Some((lease, wrote)) = self.untied.pop() {
             let Some(key) = self.active.get(&lease).cloned() else {
                 continue;
@@ -1040,7 +671,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     }
 
     /// Ends a cycle that wrote nothing and counts it toward its holder's reader streak.
-    fn end_read_only(&mut self, key: &K) {
+    pub(super) fn end_read_only(&mut self, key: &K) {
         let holder = match self.entries[key].lease.as_ref().map(|lease| &lease.mode) {
             Some(Mode::Exclusive {
                 holder,
@@ -1056,7 +687,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         self.end_lease(key);
     }
 
-    fn forget_if_idle(&mut self, key: &K) {
+    pub(super) fn forget_if_idle(&mut self, key: &K) {
         if self.entries.get(key).is_some_and(Entry::is_idle) {
             self.entries.remove(key);
         }
@@ -1064,7 +695,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
 
     /// Grants the head of the queue (and the appenders right behind an appender) while the
     /// lease allows, refusing stale writers on the way.
-    fn grant_waiters(&mut self, now: Duration, key: &K, actions: &mut Vec<Action<K>>) {
+    pub(super) fn grant_waiters(&mut self, now: Duration, key: &K, actions: &mut Vec<Action<K>>) {
         while let Some(entry) = self.entries.get_mut(key) {
             let Some(head) = entry.queue.front() else {
                 break;
@@ -1111,7 +742,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         self.end_untied(now, actions);
     }
 
-    fn fresh_id(&mut self) -> u64 {
+    pub(super) fn fresh_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
     }

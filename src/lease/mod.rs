@@ -10,7 +10,9 @@
 //! closed without a write, at the holder's exit, or at the maximum hold (a revocation).
 
 mod engine;
+mod handoff;
 mod policy;
+mod query;
 mod view;
 
 pub use engine::{Action, Admission, Engine, Grant, Intent, LeaseId, WaitId};
