@@ -45,21 +45,21 @@ impl Caller {
     }
 }
 
-fn reply_entry(reply: ReplyEntry, result: OpResult<Entry>) {
+pub fn reply_entry(reply: ReplyEntry, result: OpResult<Entry>) {
     match result {
         Ok(entry) => reply.entry(&ENTRY_TTL, &entry.attr, Generation(entry.inode.generation)),
         Err(e) => reply.error(e),
     }
 }
 
-fn reply_empty(reply: ReplyEmpty, result: OpResult<()>) {
+pub fn reply_empty(reply: ReplyEmpty, result: OpResult<()>) {
     match result {
         Ok(()) => reply.ok(),
         Err(e) => reply.error(e),
     }
 }
 
-fn reply_attr(reply: ReplyAttr, result: OpResult<fuser::FileAttr>) {
+pub fn reply_attr(reply: ReplyAttr, result: OpResult<fuser::FileAttr>) {
     match result {
         Ok(attr) => reply.attr(&ATTR_TTL, &attr),
         Err(e) => reply.error(e),

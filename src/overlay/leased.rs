@@ -4,11 +4,11 @@
 use std::ffi::OsStr;
 use std::sync::Arc;
 
-use fuser::{Errno, Generation, ReplyAttr, ReplyCreate, ReplyEmpty, ReplyEntry, ReplyOpen};
+use fuser::{Errno, ReplyAttr, ReplyCreate, ReplyEmpty, ReplyEntry, ReplyOpen};
 
 use super::Caller;
 use super::core::{OpResult, Overlay, SetAttr};
-use super::fs::{ATTR_TTL, ENTRY_TTL, reply_create, reply_open};
+use super::fs::{reply_attr, reply_create, reply_empty, reply_entry, reply_open};
 use super::gate::{FileKey, Gate, Held, intent_of_open};
 use super::inodes::InodeKey;
 use crate::lease::Intent;
@@ -19,54 +19,114 @@ pub struct Leased {
     pub gate: Arc<Gate>,
 }
 
+/// A fuser reply that can carry an errno (every reply type can).
+pub trait Refuse: Send + 'static {
+    fn refuse(self, error: Errno);
+}
+
+macro_rules! refuse_with_error {
+    ($($reply:ty),*) => {
+        $(impl Refuse for $reply {
+            fn refuse(self, error: Errno) {
+                self.error(error);
+            }
+        })*
+    };
+}
+
+refuse_with_error!(ReplyOpen, ReplyCreate, ReplyEmpty, ReplyEntry, ReplyAttr);
+
+/// What a leased request asks of the gate.
+struct Ask {
+    caller: Caller,
+    key: FileKey,
+    intent: Intent,
+    /// The inode number of a file renamed onto `key` (a dead holder's temp, maybe).
+    handoff: Option<u64>,
+    /// A CREATE, which waits holding its directory's lock in the kernel.
+    creating: bool,
+}
+
 fn key(parent: u64, name: &OsStr) -> FileKey {
     (parent, name.to_os_string())
 }
 
 impl Leased {
+    /// Asks for the lease and runs `work` once it is granted; a refusal (fenced,
+    /// timed out, waiter gone) becomes the reply's errno.
+    fn with_lease<R: Refuse>(
+        &self,
+        ask: Ask,
+        reply: R,
+        work: impl FnOnce(&Overlay, &Gate, Held, R) + Send + 'static,
+    ) {
+        let (core, gate) = (Arc::clone(&self.core), Arc::clone(&self.gate));
+        self.gate.admit(
+            ask.caller,
+            ask.key,
+            ask.intent,
+            ask.handoff,
+            ask.creating,
+            Box::new(move |outcome| match outcome {
+                Ok(held) => work(&core, &gate, held, reply),
+                Err(e) => {
+                    tracing::trace!(?e, "leased request refused");
+                    reply.refuse(e);
+                }
+            }),
+        );
+    }
+
+    /// A lease for one operation that commits when it succeeds (rename, unlink, link,
+    /// truncate): the operation runs, the lease ends, then the reply goes out.
+    fn commit_with_lease<R: Refuse, T: 'static>(
+        &self,
+        ask: Ask,
+        reply: R,
+        operation: impl FnOnce(&Overlay, &FileKey) -> OpResult<T> + Send + 'static,
+        answer: impl FnOnce(R, OpResult<T>) + Send + 'static,
+    ) {
+        self.with_lease(ask, reply, move |core, gate, held, reply| {
+            let result = operation(core, &held.key);
+            gate.finish(&held, result.is_ok());
+            answer(reply, result);
+        });
+    }
+
     pub fn open(&self, caller: Caller, nodeid: u64, flags: i32, reply: ReplyOpen) {
         let Some((key, inode)) = self.gate.managed_inode(nodeid) else {
             return reply_open(&self.core, reply, self.core.open(caller, nodeid, flags));
         };
         let intent = intent_of_open(flags);
-        let (core, gate) = (Arc::clone(&self.core), Arc::clone(&self.gate));
-        self.gate.admit(
+        let ask = Ask {
             caller,
             key,
             intent,
-            None,
-            false,
-            Box::new(move |outcome| {
-                let held = match outcome {
-                    Ok(held) => held,
-                    Err(e) => {
-                        tracing::trace!(?e, "leased request refused");
-                        return reply.error(e);
-                    }
-                };
-                if !gate.still_named(&held.key, &inode) {
-                    // Replaced while this open waited: the kernel retries the lookup on
-                    // ESTALE, and the retry continues this same lease.
-                    tracing::trace!(
-                        tid = caller.pid,
-                        "replaced while waiting: ESTALE for a retry"
-                    );
-                    gate.keep_for_retry(caller.pid, &held);
-                    return reply.error(Errno::ESTALE);
+            handoff: None,
+            creating: false,
+        };
+        self.with_lease(ask, reply, move |core, gate, held, reply| {
+            if !gate.still_named(&held.key, &inode) {
+                // Replaced while this open waited: the kernel retries the lookup on
+                // ESTALE, and the retry continues this same lease.
+                tracing::trace!(
+                    tid = caller.pid,
+                    "replaced while waiting: ESTALE for a retry"
+                );
+                gate.keep_for_retry(caller.pid, &held);
+                return reply.error(Errno::ESTALE);
+            }
+            match core.open(caller, nodeid, flags) {
+                Ok(handle) => {
+                    gate.opened(&handle, held, intent, false);
+                    reply_open(core, reply, Ok(handle));
                 }
-                match core.open(caller, nodeid, flags) {
-                    Ok(handle) => {
-                        gate.opened(&handle, held, intent, false);
-                        reply_open(&core, reply, Ok(handle));
-                    }
-                    Err(e) => {
-                        tracing::trace!(?e, "leased open failed");
-                        gate.finish(&held, false);
-                        reply.error(e);
-                    }
+                Err(e) => {
+                    gate.finish(&held, false);
+                    reply.error(e);
                 }
-            }),
-        );
+            }
+        });
     }
 
     pub fn create(
@@ -88,34 +148,25 @@ impl Leased {
         } else {
             Intent::Write
         };
-        let (core, gate) = (Arc::clone(&self.core), Arc::clone(&self.gate));
-        self.gate.admit(
+        let ask = Ask {
             caller,
             key,
             intent,
-            None,
-            true,
-            Box::new(move |outcome| {
-                let held = match outcome {
-                    Ok(held) => held,
-                    Err(e) => {
-                        tracing::trace!(?e, "leased request refused");
-                        return reply.error(e);
-                    }
-                };
-                match core.create(caller, held.key.0, &held.key.1, mode, flags) {
-                    Ok((entry, handle)) => {
-                        gate.opened(&handle, held, intent, true);
-                        reply_create(&core, reply, Ok((entry, handle)));
-                    }
-                    Err(e) => {
-                        tracing::trace!(?e, "leased open failed");
-                        gate.finish(&held, false);
-                        reply.error(e);
-                    }
+            handoff: None,
+            creating: true,
+        };
+        self.with_lease(ask, reply, move |core, gate, held, reply| {
+            match core.create(caller, held.key.0, &held.key.1, mode, flags) {
+                Ok((entry, handle)) => {
+                    gate.opened(&handle, held, intent, true);
+                    reply_create(core, reply, Ok((entry, handle)));
                 }
-            }),
-        );
+                Err(e) => {
+                    gate.finish(&held, false);
+                    reply.error(e);
+                }
+            }
+        });
     }
 
     pub fn unlink(&self, caller: Caller, parent: u64, name: &OsStr, reply: ReplyEmpty) {
@@ -123,25 +174,18 @@ impl Leased {
         if !self.gate.is_managed(&key) {
             return reply_empty(reply, self.core.unlink(caller, parent, name));
         }
-        let (core, gate) = (Arc::clone(&self.core), Arc::clone(&self.gate));
-        self.gate.admit(
+        let ask = Ask {
             caller,
             key,
-            Intent::Write,
-            None,
-            false,
-            Box::new(move |outcome| {
-                let held = match outcome {
-                    Ok(held) => held,
-                    Err(e) => {
-                        tracing::trace!(?e, "leased request refused");
-                        return reply.error(e);
-                    }
-                };
-                let result = core.unlink(caller, held.key.0, &held.key.1);
-                gate.finish(&held, result.is_ok());
-                reply_empty(reply, result);
-            }),
+            intent: Intent::Write,
+            handoff: None,
+            creating: false,
+        };
+        self.commit_with_lease(
+            ask,
+            reply,
+            move |core, key| core.unlink(caller, key.0, &key.1),
+            reply_empty,
         );
     }
 
@@ -166,24 +210,18 @@ impl Leased {
             return reply_empty(reply, result);
         }
         let name = name.to_os_string();
-        let (core, gate) = (Arc::clone(&self.core), Arc::clone(&self.gate));
-        let run = move |outcome: Result<Held, Errno>| {
-            let held = match outcome {
-                Ok(held) => held,
-                Err(e) => return reply.error(e),
-            };
-            let result = core.rename(caller, parent, &name, held.key.0, &held.key.1, flags);
-            gate.finish(&held, result.is_ok());
-            reply_empty(reply, result);
-        };
-        let from_ino = moved.map(|st| InodeKey::of(&st).ino);
-        self.gate.admit(
+        let ask = Ask {
             caller,
-            target,
-            Intent::Write,
-            from_ino,
-            false,
-            Box::new(run),
+            key: target,
+            intent: Intent::Write,
+            handoff: moved.map(|st| InodeKey::of(&st).ino),
+            creating: false,
+        };
+        self.commit_with_lease(
+            ask,
+            reply,
+            move |core, key| core.rename(caller, parent, &name, key.0, &key.1, flags),
+            reply_empty,
         );
     }
 
@@ -199,25 +237,18 @@ impl Leased {
         if !self.gate.is_managed(&key) {
             return reply_entry(reply, self.core.link(caller, nodeid, new_parent, new_name));
         }
-        let (core, gate) = (Arc::clone(&self.core), Arc::clone(&self.gate));
-        self.gate.admit(
+        let ask = Ask {
             caller,
             key,
-            Intent::Write,
-            None,
-            false,
-            Box::new(move |outcome| {
-                let held = match outcome {
-                    Ok(held) => held,
-                    Err(e) => {
-                        tracing::trace!(?e, "leased request refused");
-                        return reply.error(e);
-                    }
-                };
-                let result = core.link(caller, nodeid, held.key.0, &held.key.1);
-                gate.finish(&held, result.is_ok());
-                reply_entry(reply, result);
-            }),
+            intent: Intent::Write,
+            handoff: None,
+            creating: false,
+        };
+        self.commit_with_lease(
+            ask,
+            reply,
+            move |core, key| core.link(caller, nodeid, key.0, &key.1),
+            reply_entry,
         );
     }
 
@@ -231,25 +262,18 @@ impl Leased {
         let Some((key, _inode)) = managed else {
             return reply_attr(reply, self.core.setattr(caller, nodeid, change));
         };
-        let (core, gate) = (Arc::clone(&self.core), Arc::clone(&self.gate));
-        self.gate.admit(
+        let ask = Ask {
             caller,
             key,
-            Intent::Write,
-            None,
-            false,
-            Box::new(move |outcome| {
-                let held = match outcome {
-                    Ok(held) => held,
-                    Err(e) => {
-                        tracing::trace!(?e, "leased request refused");
-                        return reply.error(e);
-                    }
-                };
-                let result = core.setattr(caller, nodeid, change);
-                gate.finish(&held, result.is_ok());
-                reply_attr(reply, result);
-            }),
+            intent: Intent::Write,
+            handoff: None,
+            creating: false,
+        };
+        self.commit_with_lease(
+            ask,
+            reply,
+            move |core, _| core.setattr(caller, nodeid, change),
+            reply_attr,
         );
     }
 
@@ -263,26 +287,5 @@ impl Leased {
         let dir = self.core.inodes().get(parent)?;
         let cname = sys::cstr(name).ok()?;
         sys::fstatat(dir.fd(), &cname, libc::AT_SYMLINK_NOFOLLOW).ok()
-    }
-}
-
-pub fn reply_empty(reply: ReplyEmpty, result: OpResult<()>) {
-    match result {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(e),
-    }
-}
-
-pub fn reply_attr(reply: ReplyAttr, result: OpResult<fuser::FileAttr>) {
-    match result {
-        Ok(attr) => reply.attr(&ATTR_TTL, &attr),
-        Err(e) => reply.error(e),
-    }
-}
-
-pub fn reply_entry(reply: ReplyEntry, result: OpResult<super::core::Entry>) {
-    match result {
-        Ok(entry) => reply.entry(&ENTRY_TTL, &entry.attr, Generation(entry.inode.generation)),
-        Err(e) => reply.error(e),
     }
 }

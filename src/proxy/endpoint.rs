@@ -69,18 +69,13 @@ pub use self::unix::*;
 #[cfg(unix)]
 mod unix {
     use std::io;
-    use std::os::fd::AsRawFd;
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     use std::path::Path;
 
     use tokio::net::{UnixListener, UnixStream};
 
     /// Who connected: the kernel's word from SO_PEERCRED.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub struct PeerCredentials {
-        pub pid: u32,
-        pub uid: u32,
-    }
+    pub use crate::platform::PeerCredentials;
 
     /// Binds `endpoint` with mode 0600, creating its directory 0700. A stale socket left by
     /// a dead daemon is replaced; a live one is an error.
@@ -112,34 +107,13 @@ mod unix {
     }
 
     pub fn peer_credentials(stream: &UnixStream) -> io::Result<PeerCredentials> {
-        let mut cred = libc::ucred {
-            pid: 0,
-            uid: 0,
-            gid: 0,
-        };
-        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-        // SAFETY: cred and len describe a valid ucred buffer.
-        let rc = unsafe {
-            libc::getsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PEERCRED,
-                (&mut cred as *mut libc::ucred).cast(),
-                &mut len,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if cred.pid <= 0 {
+        let peer = crate::platform::peer_credentials(stream)?;
+        if peer.pid == 0 {
             return Err(io::Error::other(
                 "peer pid unknown (another pid namespace?)",
             ));
         }
-        Ok(PeerCredentials {
-            pid: cred.pid as u32,
-            uid: cred.uid,
-        })
+        Ok(peer)
     }
 
     pub fn current_uid() -> u32 {
