@@ -125,13 +125,29 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
     if fs::symlink_metadata(path).is_err() {
         return Ok(());
     }
-    match UnixStream::connect(path) {
-        Ok(_) => Err(io::Error::new(
+    if daemon_answers(path) {
+        return Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             format!("another lockfs daemon answers on {}", path.display()),
-        )),
-        Err(_) => fs::remove_file(path),
+        ));
     }
+    fs::remove_file(path)
+}
+
+/// Whether a daemon really answers on `path`. A bare connect is not enough: a listening
+/// socket inherited for a moment by a forked child (between fork and exec) accepts
+/// connections that nobody will ever answer.
+fn daemon_answers(path: &Path) -> bool {
+    let Ok(mut stream) = UnixStream::connect(path) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(b"{\"op\":\"status\"}\n").is_err() {
+        return false;
+    }
+    let mut first = [0u8; 1];
+    matches!(stream.read(&mut first), Ok(1))
 }
 
 fn accept_loop(listener: &UnixListener, stopping: &AtomicBool, handler: Arc<dyn ControlHandler>) {
