@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::Caller;
@@ -118,14 +118,7 @@ pub fn reply_create(
     if core.passthrough() {
         match handle.inode.backing_or(|| reply.open_backing(handle.fd())) {
             Ok(id) => {
-                reply.created_passthrough(
-                    &ENTRY_TTL,
-                    &entry.attr,
-                    generation,
-                    fh,
-                    OPEN_FLAGS,
-                    &id,
-                );
+                reply.created_passthrough(&ENTRY_TTL, &entry.attr, generation, fh, OPEN_FLAGS, &id);
                 *handle.backing.lock() = Some(id);
                 return;
             }
@@ -139,6 +132,11 @@ impl Filesystem for LockFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        // READDIRPLUS for the first batch of a listing and whenever the kernel saw stats
+        // follow it (AUTO); plain READDIR otherwise, so `ls` of a huge directory does not
+        // intern (and hold an fd for) every name.
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         let granted = self.want_passthrough
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
@@ -381,6 +379,30 @@ impl Filesystem for LockFs {
                 entry.next_offset,
                 dirent_type(entry.d_type),
                 &entry.name,
+            )
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let result = self.core.readdirplus(fh.0, offset, |entry, found| {
+            reply.add(
+                found.attr.ino,
+                entry.next_offset,
+                &entry.name,
+                &ENTRY_TTL,
+                &found.attr,
+                Generation(found.inode.generation),
             )
         });
         match result {
