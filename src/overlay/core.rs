@@ -460,6 +460,73 @@ impl Overlay {
         Ok(())
     }
 
+    /// Like [`Overlay::readdir`], but hands each entry over interned, with its attributes,
+    /// so `find` and `ls -l` need no LOOKUP per name. Every entry but `.` and `..` takes
+    /// one lookup, as LOOKUP would (the kernel links each one, or forgets it); the entry
+    /// that did not fit gives its lookup back. Names gone since getdents are skipped; when
+    /// interning fails otherwise (EMFILE) the reply ends early, or fails if it is empty.
+    pub fn readdirplus(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry, &Entry) -> bool,
+    ) -> OpResult<()> {
+        let handle = self.handles.dir(fh).ok_or(Errno::EBADF)?;
+        let dir = &handle.inode;
+        let mut stream = handle.stream.lock();
+        stream.seek(offset);
+        let mut resume = offset;
+        let mut added = 0usize;
+        while let Some(entry) = stream.next_entry().map_err(errno)? {
+            let dot = matches!(entry.name.as_bytes(), b"." | b"..");
+            let found = if dot {
+                self.dot_entry(dir, &entry)
+            } else {
+                self.entry_at(dir, &entry.name)
+            };
+            let found = match found {
+                Ok(found) => found,
+                Err(e) if e.code() == libc::ENOENT => {
+                    resume = entry.next_offset;
+                    continue;
+                }
+                Err(_) if added > 0 => {
+                    stream.rewind_to(resume);
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            if add(&entry, &found) {
+                if !dot {
+                    self.inodes.forget(found.inode.nodeid, 1);
+                }
+                stream.rewind_to(resume);
+                break;
+            }
+            added += 1;
+            resume = entry.next_offset;
+        }
+        Ok(())
+    }
+
+    /// `.` or `..` for readdirplus: the kernel does not link these, so no lookup is taken;
+    /// only the number matters (the same one plain readdir reports).
+    fn dot_entry(&self, dir: &Arc<Inode>, entry: &DirEntry) -> OpResult<Entry> {
+        let st = sys::fstat(dir.fd()).map_err(errno)?;
+        let nodeid = if entry.name.as_bytes() == b"." {
+            dir.nodeid
+        } else {
+            self.inodes.nodeid_for(InodeKey {
+                dev: dir.key.dev,
+                ino: entry.ino,
+            })
+        };
+        Ok(Entry {
+            attr: to_file_attr(nodeid, &st),
+            inode: Arc::clone(dir),
+        })
+    }
+
     pub fn releasedir(&self, fh: u64) -> OpResult<()> {
         self.handles.remove_dir(fh).map(drop).ok_or(Errno::EBADF)
     }
@@ -696,6 +763,46 @@ mod tests {
         assert_eq!(g.inode.nodeid, ino);
         assert_eq!(overlay.inodes().lookups(ino), 2);
         assert_eq!(named(&overlay, ino), Some((ROOT_ID, "g".into())));
+    }
+
+    #[test]
+    fn readdirplus_takes_one_lookup_per_name_and_gives_back_the_one_that_did_not_fit() {
+        let (tmp, overlay) = overlay();
+        for name in ["a", "b", "c"] {
+            std::fs::write(tmp.path().join(name), name).unwrap();
+        }
+        let fh = overlay.opendir(ROOT_ID).unwrap();
+        let mut seen = Vec::new();
+        overlay
+            .readdirplus(fh, 0, |entry, found| {
+                if seen.len() == 4 {
+                    return true;
+                }
+                seen.push((entry.name.clone(), found.inode.nodeid, found.attr.size));
+                false
+            })
+            .unwrap();
+        assert_eq!(seen.len(), 4, "., .. and two files fit");
+        let files: Vec<_> = seen
+            .iter()
+            .filter(|(n, ..)| n != "." && n != "..")
+            .collect();
+        assert_eq!(files.len(), 2);
+        for (name, nodeid, size) in &files {
+            assert_eq!(overlay.inodes().lookups(*nodeid), 1, "{name:?}");
+            assert_eq!(*size, 1);
+        }
+        assert_eq!(overlay.inodes().lookups(ROOT_ID), 1, "dots take no lookup");
+        assert_eq!(overlay.inodes().len(), 3, "the root and the two that fit");
+        let mut rest = Vec::new();
+        overlay
+            .readdirplus(fh, 0, |entry, _| {
+                rest.push(entry.name.clone());
+                false
+            })
+            .unwrap();
+        assert_eq!(rest.len(), 5, "a fresh read sees every name");
+        overlay.releasedir(fh).unwrap();
     }
 
     #[test]
