@@ -520,6 +520,22 @@ impl Filesystem for LockFs {
         }
     }
 
+    /// No ioctl reaches the file below: answer as a regular file does to a terminal ioctl
+    /// (Python asks TCGETS on every open), quietly rather than through fuser's warning.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(fuser::Errno::ENOTTY);
+    }
+
     fn copy_file_range(
         &self,
         _req: &Request,

@@ -19,7 +19,10 @@ use super::Caller;
 use super::core::Overlay;
 use super::handles::FileHandle;
 use super::inodes::{Inode, InodeKey, ROOT_ID};
-use crate::lease::{Action, Admission, Counters, Engine, Grant, Intent, LeaseView, Policy, WaitId};
+use crate::control::events;
+use crate::lease::{
+    Action, Admission, Counters, Engine, Grant, Intent, LeaseState, LeaseView, Policy, WaitId,
+};
 use crate::platform::{self, ExitWatch, ProcessId};
 use crate::sys;
 
@@ -520,6 +523,24 @@ impl Gate {
             .unwrap_or_default();
         let mut engine = self.engine.lock();
         let held = engine.leases_of(process);
+        // Mid-cycle: a handle still open, a save under way, or a temp file written next to
+        // the file (a closed, lingering read is just a reader that exited).
+        let mid_cycle: Vec<FileKey> = engine
+            .snapshot(self.now())
+            .into_iter()
+            .filter(|view| held.contains(&view.key))
+            .filter(|view| {
+                view.state == LeaseState::Writing
+                    || view
+                        .holders
+                        .iter()
+                        .any(|h| h.process == process && h.handles > 0)
+                    || written
+                        .iter()
+                        .any(|w| w.parent == view.key.0 && w.name != view.key.1)
+            })
+            .map(|view| view.key)
+            .collect();
         let handoffs: Vec<(FileKey, u64)> = held
             .iter()
             .filter_map(|key| {
@@ -539,14 +560,19 @@ impl Gate {
         }
         let actions = engine.holder_exited(self.now(), process, &handoffs);
         drop(engine);
+        let command = self.command_of(process);
         for key in held {
-            if !handoffs.iter().any(|(handoff, _)| *handoff == key) {
-                tracing::debug!(
-                    path = %self.path_of(&key),
-                    pid = process.pid,
-                    "lease ended: its holder exited"
-                );
+            let handed_off = handoffs.iter().any(|(handoff, _)| *handoff == key);
+            if !mid_cycle.contains(&key) {
+                tracing::debug!(path = %self.path_of(&key), pid = process.pid, "reader exited");
+                continue;
             }
+            let reason = if handed_off {
+                "its lease waits briefly for another process to rename the temp file it wrote"
+            } else {
+                "its lease passes to the next in line; the file keeps its last commit"
+            };
+            events::holder_died_mid_cycle(&self.path_of(&key), process, Some(&command), reason);
         }
         self.commands.lock().remove(&process);
         self.threads
@@ -583,12 +609,11 @@ impl Gate {
                     holder,
                     reason,
                 } => {
-                    tracing::warn!(
-                        path = %self.path_of(&key),
-                        pid = holder.pid,
-                        cmd = %self.command_of(holder),
-                        reason = ?reason,
-                        "lease revoked; a later commit by this process over newer data will fail with ESTALE"
+                    events::revocation(
+                        &self.path_of(&key),
+                        holder,
+                        Some(&self.command_of(holder)),
+                        events::revocation_reason(reason),
                     );
                     continue;
                 }
@@ -608,11 +633,11 @@ impl Gate {
     }
 
     fn log_fenced(&self, key: &FileKey, holder: ProcessId) {
-        tracing::warn!(
-            path = %self.path_of(key),
-            pid = holder.pid,
-            cmd = %self.command_of(holder),
-            "fenced commit: the file changed since this process read it; refused with ESTALE"
+        events::fenced_commit(
+            &self.path_of(key),
+            holder,
+            Some(&self.command_of(holder)),
+            "the file changed since this process last saw it; refused with ESTALE",
         );
     }
 
