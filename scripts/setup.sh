@@ -18,7 +18,8 @@ set -euo pipefail
 #   python3   S4 writer
 #   stress-ng fio hyperfine  reliability and benchmark runs
 #   util-linux procps coreutils sed  flock, timeout, ps, mv, sed for the scripts
-DEBIAN_PACKAGES=(fuse3 sqlite3 bindfs mergerfs strace python3 stress-ng fio hyperfine
+#   systemd dpkg-dev  systemd-analyze verify of the unit; dpkg-deb for the package test
+DEBIAN_PACKAGES=(fuse3 sqlite3 bindfs mergerfs strace python3 stress-ng fio hyperfine systemd dpkg-dev
     util-linux procps coreutils sed)
 # Rust tools from crates.io (skipped with --minimal): the POSIX suite and the exerciser.
 CARGO_TOOLS=(pjdfstest fsx)
