@@ -16,53 +16,63 @@ pub fn revocation_reason(reason: EndReason) -> &'static str {
     }
 }
 
-fn command_of(holder: ProcessId, cmd: Option<&str>) -> String {
-    cmd.map(str::to_string)
-        .unwrap_or_else(|| command_line(holder.pid))
-}
-
-/// A lease taken away from its holder (at the maximum hold, or by `lockfs break`).
-pub fn revocation(path: &str, holder: ProcessId, cmd: Option<&str>, reason: &str) {
-    let cmd = command_of(holder, cmd);
+/// One event line: the fields every event carries, and its words for people.
+fn log_event(
+    event: &'static str,
+    path: &str,
+    holder: ProcessId,
+    cmd: Option<&str>,
+    reason: &str,
+    what: &str,
+) {
+    let cmd = cmd
+        .map(str::to_string)
+        .unwrap_or_else(|| command_line(holder.pid));
     tracing::warn!(
-        event = "revocation",
+        event,
         path,
         holder_pid = holder.pid,
         holder_start_time = holder.start_time,
         holder_cmd = %cmd,
         reason,
-        "revoked lease on {path} held by pid {} ({cmd}): {reason}",
+        "{what} {path}, pid {} ({cmd}): {reason}",
         holder.pid
     );
 }
 
-/// A save refused because the file changed since the holder read it (its lease was revoked).
-pub fn fenced_commit(path: &str, holder: ProcessId, cmd: Option<&str>, reason: &str) {
-    let cmd = command_of(holder, cmd);
-    tracing::warn!(
-        event = "fenced_commit",
+/// A lease taken away from its holder (at the maximum hold, or by `lockfs break`).
+pub fn revocation(path: &str, holder: ProcessId, cmd: Option<&str>, reason: &str) {
+    log_event(
+        "revocation",
         path,
-        holder_pid = holder.pid,
-        holder_start_time = holder.start_time,
-        holder_cmd = %cmd,
+        holder,
+        cmd,
         reason,
-        "refused commit on {path} by pid {} ({cmd}): {reason}",
-        holder.pid
+        "revoked the lease on",
+    );
+}
+
+/// A save refused because the file changed since the holder last saw it.
+pub fn fenced_commit(path: &str, holder: ProcessId, cmd: Option<&str>, reason: &str) {
+    log_event(
+        "fenced_commit",
+        path,
+        holder,
+        cmd,
+        reason,
+        "refused a commit on",
     );
 }
 
 /// A holder that exited while holding a lease, before its commit.
 pub fn holder_died_mid_cycle(path: &str, holder: ProcessId, cmd: Option<&str>, reason: &str) {
-    let cmd = command_of(holder, cmd);
-    tracing::warn!(
-        event = "holder_died_mid_cycle",
+    log_event(
+        "holder_died_mid_cycle",
         path,
-        holder_pid = holder.pid,
-        holder_start_time = holder.start_time,
-        holder_cmd = %cmd,
+        holder,
+        cmd,
         reason,
-        "holder of {path}, pid {} ({cmd}), exited mid-cycle: {reason}",
-        holder.pid
+        "a holder exited mid-cycle on",
     );
 }
 

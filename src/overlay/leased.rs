@@ -47,6 +47,19 @@ struct Ask {
     creating: bool,
 }
 
+impl Ask {
+    /// A write of `key` that nothing hands over.
+    fn write(caller: Caller, key: FileKey) -> Ask {
+        Ask {
+            caller,
+            key,
+            intent: Intent::Write,
+            handoff: None,
+            creating: false,
+        }
+    }
+}
+
 fn key(parent: u64, name: &OsStr) -> FileKey {
     (parent, name.to_os_string())
 }
@@ -174,13 +187,7 @@ impl Leased {
         if !self.gate.is_managed(&key) {
             return reply_empty(reply, self.core.unlink(caller, parent, name));
         }
-        let ask = Ask {
-            caller,
-            key,
-            intent: Intent::Write,
-            handoff: None,
-            creating: false,
-        };
+        let ask = Ask::write(caller, key);
         self.commit_with_lease(
             ask,
             reply,
@@ -237,13 +244,7 @@ impl Leased {
         if !self.gate.is_managed(&key) {
             return reply_entry(reply, self.core.link(caller, nodeid, new_parent, new_name));
         }
-        let ask = Ask {
-            caller,
-            key,
-            intent: Intent::Write,
-            handoff: None,
-            creating: false,
-        };
+        let ask = Ask::write(caller, key);
         self.commit_with_lease(
             ask,
             reply,
@@ -262,13 +263,7 @@ impl Leased {
         let Some((key, _inode)) = managed else {
             return reply_attr(reply, self.core.setattr(caller, nodeid, change));
         };
-        let ask = Ask {
-            caller,
-            key,
-            intent: Intent::Write,
-            handoff: None,
-            creating: false,
-        };
+        let ask = Ask::write(caller, key);
         self.commit_with_lease(
             ask,
             reply,
