@@ -130,7 +130,7 @@ pub fn reply_create(
 
 impl Filesystem for LockFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // No FUSE_ATOMIC_O_TRUNC: the VFS then checks ETXTBSY before a truncate reaches us.
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         // READDIRPLUS for the first batch of a listing and whenever the kernel saw stats
         // follow it (AUTO); plain READDIR otherwise, so `ls` of a huge directory does not

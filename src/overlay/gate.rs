@@ -454,6 +454,30 @@ impl Gate {
         );
     }
 
+    /// A truncate came through handle `fh` (an open with O_TRUNC arrives as an OPEN and
+    /// then this): the handle now counts as having written a temp-like file.
+    pub fn truncated(&self, fh: u64) {
+        if let Some(lease) = self.handle_leases.lock().get_mut(&fh) {
+            lease.writes = true;
+            lease.truncated_or_created = true;
+        }
+    }
+
+    /// A truncate by path from `holder`, which has `key` open: the open(O_TRUNC) it is part
+    /// of (the kernel sends those without the handle). Its handles now count as having
+    /// written; true when there was such a handle, and the handle's close will commit.
+    pub fn truncated_by_open(&self, holder: ProcessId, key: &FileKey) -> bool {
+        let mut found = false;
+        for lease in self.handle_leases.lock().values_mut() {
+            if lease.held.holder == holder && lease.held.key == *key {
+                lease.writes = true;
+                lease.truncated_or_created = true;
+                found = true;
+            }
+        }
+        found
+    }
+
     /// The last close of a handle: ends its lease, committing if the handle wrote.
     pub fn released(&self, handle: &FileHandle) {
         let Some(lease) = self.handle_leases.lock().remove(&handle.fh) else {

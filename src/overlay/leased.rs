@@ -261,14 +261,21 @@ impl Leased {
             _ => None,
         };
         let Some((key, _inode)) = managed else {
+            if let (Some(_), Some(fh)) = (change.size, change.fh) {
+                self.gate.truncated(fh);
+            }
             return reply_attr(reply, self.core.setattr(caller, nodeid, change));
         };
-        let ask = Ask::write(caller, key);
-        self.commit_with_lease(
-            ask,
+        self.with_lease(
+            Ask::write(caller, key),
             reply,
-            move |core, _| core.setattr(caller, nodeid, change),
-            reply_attr,
+            move |core, gate, held, reply| {
+                let result = core.setattr(caller, nodeid, change);
+                // Part of an open(O_TRUNC) of the holder's: its handle commits at close.
+                let by_open = gate.truncated_by_open(held.holder, &held.key);
+                gate.finish(&held, result.is_ok() && !by_open);
+                reply_attr(reply, result);
+            },
         );
     }
 
