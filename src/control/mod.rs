@@ -134,10 +134,19 @@ fn target_for_dir(dir: &Path) -> anyhow::Result<Target> {
 }
 
 fn fetch_status(target: &Target) -> anyhow::Result<StatusReport> {
+    ask_daemon(target, client::status)
+}
+
+/// Asks the mount's daemon through the first of its candidate sockets that has one; when
+/// none answers, the error names the first socket and says what to do.
+fn ask_daemon<T>(
+    target: &Target,
+    ask: impl Fn(&std::path::Path) -> Result<T, ClientError>,
+) -> anyhow::Result<T> {
     let mut last_error = None;
     for socket in &target.sockets {
-        match client::status(socket) {
-            Ok(report) => return Ok(report),
+        match ask(socket) {
+            Ok(answer) => return Ok(answer),
             Err(ClientError::NoDaemon(err)) => last_error = Some(ClientError::NoDaemon(err)),
             Err(other) => return Err(daemon_error(&target.mount, socket, other)),
         }
@@ -248,23 +257,9 @@ pub fn break_command(args: BreakArgs) -> anyhow::Result<ExitCode> {
         ),
         None => break_target(&args.path)?,
     };
-    let mut last_error = None;
-    for socket in &target.sockets {
-        match client::break_lease(socket, &relative) {
-            Ok(message) => {
-                write_stdout(&format!("{message}\n"))?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            Err(ClientError::NoDaemon(err)) => last_error = Some(ClientError::NoDaemon(err)),
-            Err(other) => return Err(daemon_error(&target.mount, socket, other)),
-        }
-    }
-    let socket = target.sockets.first().cloned().unwrap_or_default();
-    Err(daemon_error(
-        &target.mount,
-        &socket,
-        last_error.unwrap_or(ClientError::NoDaemon(std::io::ErrorKind::NotFound.into())),
-    ))
+    let message = ask_daemon(&target, |socket| client::break_lease(socket, &relative))?;
+    write_stdout(&format!("{message}\n"))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The mount containing `path` and the path relative to it.
