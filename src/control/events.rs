@@ -64,6 +64,20 @@ pub fn fenced_commit(path: &str, holder: ProcessId, cmd: Option<&str>, reason: &
     );
 }
 
+/// A write that held a kernel lock (rename, create, unlink, link, truncate) and so could
+/// not wait: it went ahead while another process's cycle held the file, and that cycle's
+/// save will be refused.
+pub fn out_of_turn(path: &str, holder: ProcessId, cmd: Option<&str>) {
+    log_event(
+        "out_of_turn",
+        path,
+        holder,
+        cmd,
+        "it held a kernel lock and could not wait; the current cycle's save will be refused",
+        "a write went ahead out of turn on",
+    );
+}
+
 /// A holder that exited while holding a lease, before its commit.
 pub fn holder_died_mid_cycle(path: &str, holder: ProcessId, cmd: Option<&str>, reason: &str) {
     log_event(

@@ -40,7 +40,7 @@ pub struct PolicyReport {
 pub struct LeaseReport {
     /// Relative to the mount directory.
     pub path: String,
-    /// reading, writing, lingering, handoff or appending.
+    /// reading, writing, lingering or appending.
     pub state: String,
     pub held_ms: u64,
     pub generation: u64,
@@ -162,7 +162,6 @@ pub fn state_name(state: LeaseState) -> &'static str {
         LeaseState::Reading => "reading",
         LeaseState::Writing => "writing",
         LeaseState::Lingering => "lingering",
-        LeaseState::Handoff => "handoff",
         LeaseState::Appending => "appending",
     }
 }

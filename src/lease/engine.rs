@@ -12,12 +12,45 @@ use super::view::{Counters, EndReason};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Intent {
-    /// Open for reading: starts a cycle. A holder that reads again queues behind itself.
+    /// Open for reading: starts a cycle, or joins the holder's own.
     Read,
-    /// Open for writing, truncate, rename onto, unlink: joins the holder's cycle.
+    /// Open for writing, truncate, rename onto or away, unlink: joins the holder's cycle.
     Write,
     /// Open with O_APPEND: shared with other appenders, exclusive of cycles.
     Append,
+}
+
+/// One request for a lease, as the front end describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ask {
+    pub intent: Intent,
+    /// The requester's parent and grandparent: a write from a child of the holder (the
+    /// `mv` of a shell whose `sed` read the file) belongs to the holder's cycle.
+    pub family: [Option<Holder>; 2],
+    /// Another thread of the requester has the file open in its current cycle and this
+    /// thread has not: a second cycle of one process (`Promise.all`), which queues.
+    pub concurrent: bool,
+    /// The request holds a kernel directory or inode lock while it waits for an answer
+    /// (CREATE, RENAME, UNLINK, LINK, truncate): it is answered now and never queued.
+    pub locked: bool,
+    /// A rename or link onto the name: a save that may rest on having found the name
+    /// missing (a first save). Other writes are not judged on an absence seen.
+    pub replaces: bool,
+    /// Overrides the policy's waiter limit.
+    pub max_wait: Option<Duration>,
+}
+
+impl Ask {
+    pub fn new(intent: Intent) -> Ask {
+        Ask {
+            intent,
+            family: [None, None],
+            concurrent: false,
+            locked: false,
+            replaces: false,
+            max_wait: None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -34,14 +67,18 @@ pub struct Grant {
     pub generation: u64,
 }
 
-/// The answer to [`Engine::acquire`].
+/// The answer to [`Engine::request`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
     Granted(Grant),
     /// Parked: the answer comes later as an [`Action`] naming this wait.
     Queued(WaitId),
-    /// A write by a holder whose last view of the file is older than the file.
+    /// A write built on a view of the file older than the file.
     Fenced,
+    /// A write that holds a kernel lock while another process's cycle holds the file:
+    /// it cannot wait, and its view is current, so it goes ahead now. Report its outcome
+    /// with [`Engine::commit_out_of_turn`]; the holder's cycle can no longer commit.
+    OutOfTurn,
 }
 
 /// What the front end must do after an event.
@@ -68,10 +105,16 @@ pub enum Action<K> {
     },
 }
 
-enum Join {
-    Start,
-    Joined(LeaseId),
-    Queue,
+/// How a use of a lease ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing written.
+    Read,
+    /// The file was written or replaced: the cycle commits and the lease ends.
+    Committed,
+    /// The name was unlinked or renamed away: a commit, but the cycle goes on so that its
+    /// holder can create the name again before anyone sees it missing.
+    Removed,
 }
 
 #[derive(Debug)]
@@ -84,11 +127,6 @@ pub(super) enum Mode {
         idle_since: Option<Duration>,
         /// When the last read use ended, for the read-to-commit gap.
         read_done_at: Option<Duration>,
-        /// Set when the holder died leaving a temp file: the token of that file.
-        bound: Option<u64>,
-        /// The last use ended without touching the file (its open was retried): a read
-        /// by the holder continues this cycle instead of queueing behind it.
-        reopen: bool,
     },
     Shared {
         holders: BTreeMap<Holder, u32>,
@@ -100,18 +138,24 @@ pub(super) struct Lease {
     pub(super) id: LeaseId,
     pub(super) mode: Mode,
     pub(super) granted_at: Duration,
+    /// The generation at the first read of this cycle: a commit is refused once anybody
+    /// else committed after it. None while the cycle has not read (a blind write).
+    pub(super) view: Option<u64>,
     /// Temp files written during this cycle: their leases end with this one (and commit
     /// if they wrote), so nobody truncates a temp file before its rename.
     pub(super) ties: Vec<(LeaseId, bool)>,
     /// This lease is a temp file's, tied to another cycle: it has no linger of its own.
     pub(super) tied: bool,
+    /// The holder is the parent of the process that began the cycle and exited: the first
+    /// of its children to touch the file takes the cycle over.
+    pub(super) passed: bool,
 }
 
 #[derive(Debug)]
 pub(super) struct Waiter {
     pub(super) id: WaitId,
     pub(super) holder: Holder,
-    pub(super) intent: Intent,
+    pub(super) ask: Ask,
     pub(super) since: Duration,
     pub(super) deadline: Duration,
 }
@@ -134,6 +178,21 @@ impl Entry {
     }
 }
 
+/// What a process last saw of a file outside a lease: for its late saves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Seen {
+    /// The generation its last cycle was built on (or wrote).
+    pub(super) generation: u64,
+    /// When that cycle ended.
+    pub(super) at: Duration,
+    /// The cycle ended with this process's own commit.
+    pub(super) committed: bool,
+    /// When that cycle's last read ended, for the read-to-save gap of a late save.
+    pub(super) read_done_at: Option<Duration>,
+    /// What was seen is that no file was there (a lookup found nothing).
+    pub(super) absent: bool,
+}
+
 pub(super) fn entry_seen_by<K: Eq + Hash>(entries: &mut HashMap<K, Entry>, key: &K, delta: i32) {
     if let Some(entry) = entries.get_mut(key) {
         entry.seen_by = entry.seen_by.saturating_add_signed(delta);
@@ -143,15 +202,20 @@ pub(super) fn entry_seen_by<K: Eq + Hash>(entries: &mut HashMap<K, Entry>, key: 
 /// Read-only cycles in a row after which a process counts as a reader of a file.
 const READER_STREAK: u32 = 2;
 
+/// Records of what processes saw are pruned by age once there are this many.
+const SEEN_PRUNE_AT: usize = 4096;
+
+/// How old a pruned `seen` record must be.
+const SEEN_HORIZON: Duration = Duration::from_secs(600);
+
 /// Per-file FIFO leases. `K` names a file (a path, or a parent inode and a name).
 pub struct Engine<K> {
     pub(super) policy: Policy,
     pub(super) entries: HashMap<K, Entry>,
     pub(super) active: HashMap<LeaseId, K>,
     pub(super) waiting: HashMap<WaitId, K>,
-    /// The newest generation each process has seen of a file it read (by reading it or by
-    /// its own commit). A write from a process whose view is older is refused.
-    pub(super) seen: HashMap<(K, Holder), u64>,
+    /// What each process saw of a file in its last cycle on it (or of its absence).
+    pub(super) seen: HashMap<(K, Holder), Seen>,
     pub(super) counters: Counters,
     pub(super) next_id: u64,
     /// Generations are drawn from one sequence for all files, so a file forgotten and
@@ -195,7 +259,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             .map_or(self.commits, |entry| entry.generation)
     }
 
-    /// Asks for a lease on `key`. `max_wait` overrides the policy's waiter limit.
+    /// Asks for a lease on `key` with the plainest request of `intent`.
     pub fn acquire(
         &mut self,
         now: Duration,
@@ -204,92 +268,231 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         intent: Intent,
         max_wait: Option<Duration>,
     ) -> Admission {
-        let generation = self.generation(key);
-        if intent == Intent::Write && self.is_stale(key, holder, generation) {
-            self.counters.fenced_commits += 1;
-            return Admission::Fenced;
-        }
+        let ask = Ask {
+            max_wait,
+            ..Ask::new(intent)
+        };
+        self.request(now, key, holder, ask)
+    }
+
+    /// Asks for a lease on `key` for `holder`.
+    ///
+    /// The holder's own requests (and writes from its children) join its cycle at once:
+    /// a process never waits for itself, except a read from a second thread while another
+    /// thread's handle is open (two cycles of one process). Requests that hold a kernel
+    /// lock are answered now: granted, joined, fenced, or let through out of turn.
+    pub fn request(&mut self, now: Duration, key: &K, holder: Holder, ask: Ask) -> Admission {
+        self.prune_seen(now);
         let commits = self.commits;
         let entry = self.entries.entry(key.clone()).or_insert_with(|| Entry {
             generation: commits,
             ..Entry::default()
         });
-        let queue_empty = entry.queue.is_empty();
-        let joined = match entry.lease.as_mut() {
-            None if queue_empty => Join::Start,
-            None => Join::Queue,
-            Some(lease) => match (&mut lease.mode, intent) {
-                (
-                    Mode::Exclusive {
-                        holder: current,
-                        uses,
-                        writing,
-                        idle_since,
-                        bound: None,
-                        ..
-                    },
-                    Intent::Write | Intent::Append,
-                ) if *current == holder => {
-                    *uses += 1;
-                    *writing = true;
-                    *idle_since = None;
-                    Join::Joined(lease.id)
-                }
-                (
-                    Mode::Exclusive {
-                        holder: current,
-                        uses,
-                        idle_since,
-                        bound: None,
-                        reopen: reopen @ true,
-                        ..
-                    },
-                    Intent::Read,
-                ) if *current == holder => {
-                    *uses += 1;
-                    *reopen = false;
-                    *idle_since = None;
-                    Join::Joined(lease.id)
-                }
-                (Mode::Shared { holders }, Intent::Append) if queue_empty => {
-                    *holders.entry(holder).or_default() += 1;
-                    Join::Joined(lease.id)
-                }
-                _ => Join::Queue,
-            },
-        };
-        if intent == Intent::Read
-            && matches!(joined, Join::Joined(_))
-            && self
-                .seen
-                .insert((key.clone(), holder), generation)
-                .is_none()
+        if let Some(lease) = entry.lease.as_ref()
+            && joins(lease, holder, &ask)
         {
-            entry_seen_by(&mut self.entries, key, 1);
+            return self.join(now, key, holder, ask.intent);
         }
-        let grant = match joined {
-            Join::Joined(lease) => Grant { lease, generation },
-            Join::Start => self.start_lease(now, key, holder, intent),
-            Join::Queue => return self.enqueue(now, key, holder, intent, max_wait),
-        };
-        Admission::Granted(grant)
+        let free = entry.lease.is_none() && entry.queue.is_empty();
+        let appends_alongside = ask.intent == Intent::Append
+            && entry.queue.is_empty()
+            && matches!(
+                entry.lease.as_ref().map(|lease| &lease.mode),
+                Some(Mode::Shared { .. })
+            );
+        if ask.intent == Intent::Write && self.out_of_date(now, key, holder, ask.replaces) {
+            self.counters.fenced_commits += 1;
+            self.teach_late_save(now, key, holder);
+            self.close_view(key, holder);
+            return Admission::Fenced;
+        }
+        if free {
+            if ask.intent == Intent::Write {
+                self.teach_late_save(now, key, holder);
+            }
+            return Admission::Granted(self.start_lease(now, key, holder, ask.intent));
+        }
+        if appends_alongside {
+            return self.join(now, key, holder, ask.intent);
+        }
+        if !ask.locked {
+            return self.enqueue(now, key, holder, ask);
+        }
+        // A request that holds a kernel lock cannot wait: the holder may need that lock
+        // to finish its own cycle. It goes ahead only when that cannot lose anything.
+        match ask.intent {
+            Intent::Write if !self.holder_is_writing(key) => {
+                self.teach_late_save(now, key, holder);
+                Admission::OutOfTurn
+            }
+            Intent::Append => Admission::OutOfTurn,
+            _ => {
+                self.counters.fenced_commits += 1;
+                Admission::Fenced
+            }
+        }
     }
 
-    fn enqueue(
-        &mut self,
-        now: Duration,
-        key: &K,
-        holder: Holder,
-        intent: Intent,
-        max_wait: Option<Duration>,
-    ) -> Admission {
+    /// Joins the current lease on `key` (checked to admit `holder`).
+    fn join(&mut self, now: Duration, key: &K, holder: Holder, intent: Intent) -> Admission {
+        let entry = self.entries.get_mut(key).expect("entry exists");
+        let generation = entry.generation;
+        let lease = entry.lease.as_mut().expect("checked by the caller");
+        if lease.passed
+            && let Mode::Exclusive { holder: h, .. } = &mut lease.mode
+            && *h != holder
+        {
+            // A child of the shell takes over the cycle its sibling began.
+            *h = holder;
+            lease.passed = false;
+        }
+        if intent == Intent::Write && lease.view.is_some_and(|view| view < generation) {
+            // Somebody committed out of turn during this cycle.
+            self.counters.fenced_commits += 1;
+            return Admission::Fenced;
+        }
+        match &mut lease.mode {
+            Mode::Exclusive {
+                uses,
+                writing,
+                idle_since,
+                ..
+            } => {
+                *uses += 1;
+                *idle_since = None;
+                if intent != Intent::Read {
+                    *writing = true;
+                }
+            }
+            Mode::Shared { holders } => *holders.entry(holder).or_default() += 1,
+        }
+        if intent == Intent::Read && lease.view.is_none() {
+            lease.view = Some(generation);
+        }
+        let _ = now;
+        Admission::Granted(Grant {
+            lease: lease.id,
+            generation,
+        })
+    }
+
+    fn holder_is_writing(&self, key: &K) -> bool {
+        matches!(
+            self.entries[key].lease.as_ref().map(|lease| &lease.mode),
+            Some(Mode::Exclusive { writing: true, .. }) | Some(Mode::Shared { .. })
+        )
+    }
+
+    /// Whether a write from `holder`, outside any lease of its own, is built on an older
+    /// view of the file than the file.
+    fn out_of_date(&self, now: Duration, key: &K, holder: Holder, replaces: bool) -> bool {
+        let generation = self.generation(key);
+        self.view_of(now, key, holder, replaces)
+            .is_some_and(|view| view < generation)
+    }
+
+    /// What `holder` last saw of `key` outside a lease (an absence counts for a rename
+    /// or link onto the name only).
+    fn view_of(&self, _now: Duration, key: &K, holder: Holder, replaces: bool) -> Option<u64> {
+        self.seen
+            .get(&(key.clone(), holder))
+            .filter(|seen| replaces || !seen.absent)
+            .map(|seen| seen.generation)
+    }
+
+    /// A save that came after its cycle had ended teaches the file's linger how long this
+    /// program takes from read to save.
+    fn teach_late_save(&mut self, now: Duration, key: &K, holder: Holder) {
+        let Some(seen) = self.seen.get(&(key.clone(), holder)).copied() else {
+            return;
+        };
+        if seen.committed {
+            return;
+        }
+        // A gap longer than the linger's cap could not be covered anyway.
+        let cap = self.policy.max_linger;
+        if let (Some(read_done), Some(entry)) = (seen.read_done_at, self.entries.get_mut(key))
+            && now.saturating_sub(read_done) <= cap
+        {
+            entry.gaps.record(now.saturating_sub(read_done));
+        }
+    }
+
+    /// A refused save ends the cycle it was built on: the process's next read is fresh.
+    fn close_view(&mut self, key: &K, holder: Holder) {
+        if let Some(seen) = self.seen.get_mut(&(key.clone(), holder)) {
+            seen.committed = true;
+        }
+    }
+
+    /// The outcome of a request answered [`Admission::OutOfTurn`].
+    pub fn commit_out_of_turn(&mut self, now: Duration, key: &K, holder: Holder, ok: bool) {
+        if !ok {
+            return;
+        }
+        self.counters.cycles_committed += 1;
+        self.counters.out_of_turn += 1;
+        let generation = self.bump(key);
+        self.note_seen(
+            key,
+            holder,
+            Seen {
+                generation,
+                at: now,
+                committed: true,
+                read_done_at: None,
+                absent: false,
+            },
+        );
+    }
+
+    /// A lookup by `holder` found no file at `key`: that absence is what its cycle reads.
+    pub fn saw_missing(&mut self, now: Duration, key: &K, holder: Holder) {
+        if self.holds(key, holder) {
+            return;
+        }
+        let generation = self.generation(key);
+        let current = self.seen.get(&(key.clone(), holder)).copied();
+        let keep = current.is_some_and(|seen| {
+            !seen.committed && now.saturating_sub(seen.at) <= self.policy.max_linger
+        });
+        if !keep {
+            self.entries.entry(key.clone()).or_insert_with(|| Entry {
+                generation,
+                ..Entry::default()
+            });
+            self.note_seen(
+                key,
+                holder,
+                Seen {
+                    generation,
+                    at: now,
+                    committed: false,
+                    read_done_at: Some(now),
+                    absent: true,
+                },
+            );
+        }
+    }
+
+    fn holds(&self, key: &K, holder: Holder) -> bool {
+        self.entries
+            .get(key)
+            .and_then(|entry| entry.lease.as_ref())
+            .is_some_and(|lease| match &lease.mode {
+                Mode::Exclusive { holder: h, .. } => *h == holder,
+                Mode::Shared { holders } => holders.contains_key(&holder),
+            })
+    }
+
+    fn enqueue(&mut self, now: Duration, key: &K, holder: Holder, ask: Ask) -> Admission {
         let id = WaitId(self.fresh_id());
-        let deadline = now + max_wait.unwrap_or(self.policy.max_wait);
+        let deadline = now + ask.max_wait.unwrap_or(self.policy.max_wait);
         let entry = self.entries.get_mut(key).expect("entry exists");
         entry.queue.push_back(Waiter {
             id,
             holder,
-            intent,
+            ask,
             since: now,
             deadline,
         });
@@ -300,7 +503,14 @@ impl<K: Clone + Eq + Hash> Engine<K> {
 
     fn start_lease(&mut self, now: Duration, key: &K, holder: Holder, intent: Intent) -> Grant {
         let id = LeaseId(self.fresh_id());
-        let entry = self.entries.get_mut(key).expect("entry exists");
+        let generation = self.entries[key].generation;
+        // A read starts the cycle's view; a write by a process that saw the file lately
+        // (its late save) carries that view; a blind write has none.
+        let view = match intent {
+            Intent::Read => Some(self.view_for_new_read(now, key, holder, generation)),
+            Intent::Write => self.view_of(now, key, holder, false),
+            Intent::Append => None,
+        };
         let mode = match intent {
             Intent::Append => Mode::Shared {
                 holders: BTreeMap::from([(holder, 1)]),
@@ -311,60 +521,109 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 writing: intent == Intent::Write,
                 idle_since: None,
                 read_done_at: None,
-                bound: None,
-                reopen: false,
             },
         };
+        let entry = self.entries.get_mut(key).expect("entry exists");
         entry.lease = Some(Lease {
             id,
             mode,
             granted_at: now,
+            view,
             ties: Vec::new(),
             tied: false,
+            passed: false,
         });
-        let generation = entry.generation;
         self.active.insert(id, key.clone());
-        // A write was checked not stale before it got here; an append sees nothing.
-        let refreshes = match intent {
-            Intent::Read => true,
-            Intent::Write => self.seen.contains_key(&(key.clone(), holder)),
-            Intent::Append => false,
-        };
-        if refreshes
-            && self
-                .seen
-                .insert((key.clone(), holder), generation)
-                .is_none()
-        {
-            entry_seen_by(&mut self.entries, key, 1);
-        }
         Grant {
             lease: id,
             generation,
         }
     }
 
-    /// Ends one use of a lease (a handle closed, a rename or unlink done). `wrote` commits:
-    /// an exclusive lease then ends and passes to the next in line.
+    /// The view of a read that starts a cycle. A re-read shortly after the process's own
+    /// cycle ended without a save keeps that cycle's older view: the save it is building
+    /// may rest on the first read, and a re-read must never launder it.
+    fn view_for_new_read(&self, now: Duration, key: &K, holder: Holder, generation: u64) -> u64 {
+        match self.seen.get(&(key.clone(), holder)) {
+            Some(seen)
+                if !seen.committed
+                    && now.saturating_sub(seen.at) <= self.policy.max_linger
+                    && seen.generation < generation =>
+            {
+                seen.generation
+            }
+            _ => generation,
+        }
+    }
+
+    fn note_seen(&mut self, key: &K, holder: Holder, seen: Seen) {
+        if self.seen.insert((key.clone(), holder), seen).is_none() {
+            entry_seen_by(&mut self.entries, key, 1);
+        }
+    }
+
+    /// Forgets old `seen` records once there are many (a process probing thousands of
+    /// missing names): a save later than the horizon after its read counts as blind.
+    fn prune_seen(&mut self, now: Duration) {
+        if self.seen.len() < SEEN_PRUNE_AT {
+            return;
+        }
+        let horizon = SEEN_HORIZON.max(self.policy.max_wait);
+        let entries = &mut self.entries;
+        self.seen.retain(|(key, _), seen| {
+            let keep = now.saturating_sub(seen.at) <= horizon;
+            if !keep {
+                entry_seen_by(entries, key, -1);
+            }
+            keep
+        });
+        let idle: Vec<K> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.is_idle())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in idle {
+            self.entries.remove(&key);
+        }
+    }
+
+    /// A new generation for `key`.
+    fn bump(&mut self, key: &K) -> u64 {
+        self.commits += 1;
+        let commits = self.commits;
+        let entry = self.entries.entry(key.clone()).or_default();
+        entry.generation = commits;
+        commits
+    }
+
+    /// Ends one use of a lease (a handle closed, a rename or unlink done).
     pub fn finish(
         &mut self,
         now: Duration,
         lease: LeaseId,
         holder: Holder,
-        wrote: bool,
+        outcome: Outcome,
     ) -> Vec<Action<K>> {
         let Some(key) = self.active.get(&lease).cloned() else {
             return Vec::new();
         };
+        let tied = self.entries[&key]
+            .lease
+            .as_ref()
+            .expect("active lease is current")
+            .tied;
+        if tied {
+            // A temp file's lease ends with the cycle it is tied to, whatever its handles do.
+            return Vec::new();
+        }
+        let wrote = outcome != Outcome::Read;
+        let generation = if wrote { Some(self.bump(&key)) } else { None };
         let entry = self
             .entries
             .get_mut(&key)
             .expect("active lease has an entry");
         let current = entry.lease.as_mut().expect("active lease is current");
-        if current.tied {
-            // A temp file's lease ends with the cycle it is tied to, whatever its handles do.
-            return Vec::new();
-        }
         let ended = match &mut current.mode {
             Mode::Exclusive {
                 uses,
@@ -378,24 +637,34 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                     if let Some(read_done) = *read_done_at {
                         entry.gaps.record(now.saturating_sub(read_done));
                     }
-                    self.commits += 1;
-                    entry.generation = self.commits;
                     self.counters.cycles_committed += 1;
-                    true
-                } else {
-                    if *uses == 0 {
-                        *idle_since = Some(now);
-                        if !*writing {
-                            *read_done_at = Some(now);
+                }
+                match outcome {
+                    Outcome::Committed => true,
+                    // A blind removal (a temp file renamed into place) ends its cycle.
+                    Outcome::Removed if current.view.is_none() => true,
+                    Outcome::Removed => {
+                        // The cycle goes on from the removal: its view is its own commit.
+                        current.view = generation;
+                        *writing = true;
+                        if *uses == 0 {
+                            *idle_since = Some(now);
                         }
+                        false
                     }
-                    false
+                    Outcome::Read => {
+                        if *uses == 0 {
+                            *idle_since = Some(now);
+                            if !*writing {
+                                *read_done_at = Some(now);
+                            }
+                        }
+                        false
+                    }
                 }
             }
             Mode::Shared { holders } => {
                 if wrote {
-                    self.commits += 1;
-                    entry.generation = self.commits;
                     self.counters.appends += 1;
                 }
                 if let Some(uses) = holders.get_mut(&holder) {
@@ -407,21 +676,31 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 holders.is_empty()
             }
         };
-        let generation = entry.generation;
-        // An append does not refresh what its process has seen: others may append alongside.
         let exclusive = matches!(current.mode, Mode::Exclusive { .. });
-        if exclusive && let Some(view) = self.seen.get_mut(&(key.clone(), holder)) {
-            *view = generation;
-        }
+        // A process that read the file knows its own save; a blind writer keeps no view.
+        let had_view = current.view.is_some() || self.seen.contains_key(&(key.clone(), holder));
         let mut actions = Vec::new();
-        if ended && wrote {
+        if ended && wrote && exclusive {
             self.read_streaks.remove(&(key.clone(), holder));
+        }
+        if ended && wrote && exclusive && had_view {
+            self.note_seen(
+                &key,
+                holder,
+                Seen {
+                    generation: generation.expect("wrote"),
+                    at: now,
+                    committed: true,
+                    read_done_at: None,
+                    absent: false,
+                },
+            );
         }
         if ended {
             self.end_lease(&key);
             self.grant_waiters(now, &key, &mut actions);
         } else if self.ends_at_close(&key, holder) {
-            self.end_read_only(&key);
+            self.end_read_only(now, &key);
             self.grant_waiters(now, &key, &mut actions);
         }
         actions
@@ -437,7 +716,6 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                     holder: h,
                     uses: 0,
                     writing: false,
-                    bound: None,
                     ..
                 },
                 tied: false,
@@ -461,7 +739,6 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                         holder: h,
                         uses: 0,
                         idle_since: Some(idle),
-                        bound: None,
                         read_done_at,
                         ..
                     },
@@ -493,13 +770,13 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     pub fn revoke(&mut self, now: Duration, key: &K) -> Vec<Action<K>> {
         let mut actions = Vec::new();
         if self.entries.get(key).is_some_and(|e| e.lease.is_some()) {
-            self.revoke_lease(key, EndReason::Manual, &mut actions);
+            self.revoke_lease(now, key, EndReason::Manual, &mut actions);
             self.grant_waiters(now, key, &mut actions);
         }
         actions
     }
 
-    /// Ends what is due at `now`: lingers, handoffs, maximum holds, waiter limits.
+    /// Ends what is due at `now`: lingers, maximum holds, waiter limits.
     pub fn tick(&mut self, now: Duration) -> Vec<Action<K>> {
         let mut actions = Vec::new();
         let due: Vec<(K, bool)> = self
@@ -522,9 +799,9 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 continue;
             }
             if revoke {
-                self.revoke_lease(&key, EndReason::MaxHold, &mut actions);
+                self.revoke_lease(now, &key, EndReason::MaxHold, &mut actions);
             } else {
-                self.end_read_only(&key);
+                self.end_read_only(now, &key);
             }
             self.grant_waiters(now, &key, &mut actions);
         }
@@ -573,21 +850,16 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     }
 
     pub(super) fn lease_deadline(&self, key: &K, entry: &Entry, lease: &Lease) -> (Duration, bool) {
-        let hold = lease.granted_at + self.policy.max_hold;
+        let hold = lease.granted_at.saturating_add(self.policy.max_hold);
         if lease.tied {
             return (hold, true);
         }
         let quiet = match lease.mode {
             Mode::Exclusive {
                 idle_since: Some(idle),
-                bound: Some(_),
-                ..
-            } => Some(idle + self.policy.handoff),
-            Mode::Exclusive {
-                idle_since: Some(idle),
                 holder,
                 ..
-            } => Some(idle + self.linger_for(key, entry, holder)),
+            } => Some(idle.saturating_add(self.linger_for(key, entry, holder))),
             _ => None,
         };
         match quiet {
@@ -604,21 +876,20 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             .get(&(key.clone(), holder))
             .copied()
             .unwrap_or(0);
-        if streak >= READER_STREAK {
+        let removed = matches!(
+            entry.lease.as_ref().map(|lease| &lease.mode),
+            Some(Mode::Exclusive { writing: true, .. })
+        );
+        if streak >= READER_STREAK && !removed {
             Duration::ZERO
         } else {
             entry.gaps.linger(&self.policy)
         }
     }
 
-    pub(super) fn is_stale(&self, key: &K, holder: Holder, generation: u64) -> bool {
-        self.seen
-            .get(&(key.clone(), holder))
-            .is_some_and(|seen| *seen < generation)
-    }
-
     pub(super) fn revoke_lease(
         &mut self,
+        now: Duration,
         key: &K,
         reason: EndReason,
         actions: &mut Vec<Action<K>>,
@@ -637,11 +908,39 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 reason,
             });
         }
+        self.remember_view(now, key);
         self.end_lease(key);
     }
 
-    /// Ends the lease on `key`; forgets a file that nothing refers to any more, so that
-    /// the table does not grow with every temp file ever written.
+    /// Keeps what the holder of a lease that ends without its commit saw, so that a save
+    /// it makes late is judged on that view.
+    pub(super) fn remember_view(&mut self, now: Duration, key: &K) {
+        let Some(lease) = self.entries[key].lease.as_ref() else {
+            return;
+        };
+        let (
+            Mode::Exclusive {
+                holder,
+                read_done_at,
+                ..
+            },
+            Some(view),
+        ) = (&lease.mode, lease.view)
+        else {
+            return;
+        };
+        let seen = Seen {
+            generation: view,
+            at: now,
+            committed: false,
+            read_done_at: read_done_at.or(Some(now)),
+            absent: false,
+        };
+        let holder = *holder;
+        self.note_seen(key, holder, seen);
+    }
+
+    /// Ends the lease on `key`.
     pub(super) fn end_lease(&mut self, key: &K) {
         let entry = self.entries.get_mut(key).expect("entry exists");
         if let Some(lease) = entry.lease.take() {
@@ -657,12 +956,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 continue;
             };
             if wrote {
-                self.commits += 1;
-                let entry = self
-                    .entries
-                    .get_mut(&key)
-                    .expect("active lease has an entry");
-                entry.generation = self.commits;
+                self.bump(&key);
                 self.counters.cycles_committed += 1;
             }
             self.end_lease(&key);
@@ -671,19 +965,20 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     }
 
     /// Ends a cycle that wrote nothing and counts it toward its holder's reader streak.
-    pub(super) fn end_read_only(&mut self, key: &K) {
+    pub(super) fn end_read_only(&mut self, now: Duration, key: &K) {
         let holder = match self.entries[key].lease.as_ref().map(|lease| &lease.mode) {
             Some(Mode::Exclusive {
                 holder,
-                bound: None,
+                writing: false,
                 ..
             }) => Some(*holder),
             _ => None,
         };
         if let Some(holder) = holder {
             *self.read_streaks.entry((key.clone(), holder)).or_default() += 1;
+            self.counters.cycles_read_only += 1;
         }
-        self.counters.cycles_read_only += 1;
+        self.remember_view(now, key);
         self.end_lease(key);
     }
 
@@ -693,25 +988,33 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         }
     }
 
-    /// Grants the head of the queue (and the appenders right behind an appender) while the
-    /// lease allows, refusing stale writers on the way.
+    /// Grants the head of the queue while the lease allows (appenders beside an appender,
+    /// and waiters that belong to the holder's own cycle), refusing stale writers.
     pub(super) fn grant_waiters(&mut self, now: Duration, key: &K, actions: &mut Vec<Action<K>>) {
+        self.grant_joiners(now, key, actions);
         while let Some(entry) = self.entries.get_mut(key) {
             let Some(head) = entry.queue.front() else {
                 break;
             };
+            let joining = entry
+                .lease
+                .as_ref()
+                .is_some_and(|lease| joins(lease, head.holder, &head.ask));
             let fits = match entry.lease.as_ref().map(|lease| &lease.mode) {
                 None => true,
-                Some(Mode::Shared { .. }) => head.intent == Intent::Append,
-                Some(Mode::Exclusive { .. }) => false,
+                Some(Mode::Shared { .. }) => head.ask.intent == Intent::Append,
+                Some(Mode::Exclusive { .. }) => joining,
             };
             if !fits {
                 break;
             }
             let waiter = entry.queue.pop_front().expect("head exists");
-            let generation = entry.generation;
             self.waiting.remove(&waiter.id);
-            if waiter.intent == Intent::Write && self.is_stale(key, waiter.holder, generation) {
+            let lease_now = entry.lease.is_some();
+            if !lease_now
+                && waiter.ask.intent == Intent::Write
+                && self.out_of_date(now, key, waiter.holder, waiter.ask.replaces)
+            {
                 self.counters.fenced_commits += 1;
                 actions.push(Action::Fenced { wait: waiter.id });
                 continue;
@@ -719,31 +1022,82 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             let waited = now.saturating_sub(waiter.since).as_millis() as u64;
             self.counters.wait_total_ms += waited;
             self.counters.wait_longest_ms = self.counters.wait_longest_ms.max(waited);
-            let grant = match self.entries[key].lease.as_ref().map(|lease| lease.id) {
-                Some(lease) => {
-                    let entry = self.entries.get_mut(key).expect("entry exists");
-                    if let Some(Lease {
-                        mode: Mode::Shared { holders },
-                        ..
-                    }) = entry.lease.as_mut()
-                    {
-                        *holders.entry(waiter.holder).or_default() += 1;
-                    }
-                    Grant { lease, generation }
-                }
-                None => self.start_lease(now, key, waiter.holder, waiter.intent),
+            let answer = if lease_now {
+                self.join(now, key, waiter.holder, waiter.ask.intent)
+            } else {
+                Admission::Granted(self.start_lease(now, key, waiter.holder, waiter.ask.intent))
             };
-            actions.push(Action::Granted {
-                wait: waiter.id,
-                grant,
-            });
+            match answer {
+                Admission::Granted(grant) => actions.push(Action::Granted {
+                    wait: waiter.id,
+                    grant,
+                }),
+                _ => actions.push(Action::Fenced { wait: waiter.id }),
+            }
         }
         self.forget_if_idle(key);
         self.end_untied(now, actions);
     }
 
+    /// Waiters that belong to the current cycle (a child's write after its parent took
+    /// the cycle over) join it wherever they stand in the queue.
+    fn grant_joiners(&mut self, now: Duration, key: &K, actions: &mut Vec<Action<K>>) {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
+        let Some(lease) = entry.lease.as_ref() else {
+            return;
+        };
+        let _ = lease;
+        loop {
+            let entry = self.entries.get_mut(key).expect("entry exists");
+            let Some(lease) = entry.lease.as_ref() else {
+                return;
+            };
+            let Some(at) = entry
+                .queue
+                .iter()
+                .position(|waiter| joins(lease, waiter.holder, &waiter.ask))
+            else {
+                return;
+            };
+            let waiter = entry.queue.remove(at).expect("found above");
+            self.waiting.remove(&waiter.id);
+            let action = match self.join(now, key, waiter.holder, waiter.ask.intent) {
+                Admission::Granted(grant) => Action::Granted {
+                    wait: waiter.id,
+                    grant,
+                },
+                _ => Action::Fenced { wait: waiter.id },
+            };
+            actions.push(action);
+        }
+    }
+
     pub(super) fn fresh_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
+    }
+}
+
+/// Whether a request by `holder` joins `lease` instead of queueing behind it: the holder's
+/// own requests (but a read from a second thread while another thread has the file open),
+/// and writes from its children. A temp file's tied lease is joined only by writes (the
+/// rename that moves it into place).
+fn joins(lease: &Lease, holder: Holder, ask: &Ask) -> bool {
+    let writes = ask.intent == Intent::Write;
+    match &lease.mode {
+        Mode::Exclusive { holder: h, .. } => {
+            let own = *h == holder;
+            let family = ask.family.contains(&Some(*h));
+            if lease.tied {
+                writes && (own || family)
+            } else {
+                (own && (writes || !ask.concurrent))
+                    || (family && (writes || (lease.passed && ask.intent == Intent::Read)))
+            }
+        }
+        // Appenders join one another only while nobody queues (see `request`).
+        Mode::Shared { .. } => false,
     }
 }

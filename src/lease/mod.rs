@@ -10,12 +10,12 @@
 //! closed without a write, at the holder's exit, or at the maximum hold (a revocation).
 
 mod engine;
-mod handoff;
+mod family;
 mod policy;
 mod query;
 mod view;
 
-pub use engine::{Action, Admission, Engine, Grant, Intent, LeaseId, WaitId};
+pub use engine::{Action, Admission, Ask, Engine, Grant, Intent, LeaseId, Outcome, WaitId};
 pub use policy::Policy;
 pub use view::{Counters, EndReason, HolderView, LeaseState, LeaseView, WaiterView};
 

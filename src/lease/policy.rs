@@ -13,8 +13,6 @@ pub struct Policy {
     pub max_hold: Duration,
     /// A waiter queued longer than this is answered with a timeout.
     pub max_wait: Duration,
-    /// How long a dead holder's read lease waits for a rename of the temp file it wrote.
-    pub handoff: Duration,
 }
 
 impl Default for Policy {
@@ -25,7 +23,6 @@ impl Default for Policy {
             linger_gap_factor: 4,
             max_hold: Duration::from_secs(10),
             max_wait: Duration::from_secs(60),
-            handoff: Duration::from_millis(500),
         }
     }
 }

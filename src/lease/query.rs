@@ -15,13 +15,8 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             .filter(|key| match self.entries[*key].lease.as_ref() {
                 Some(Lease { tied: true, .. }) | None => false,
                 Some(lease) => match &lease.mode {
-                    Mode::Exclusive {
-                        holder: h,
-                        bound: None,
-                        ..
-                    } => *h == holder,
+                    Mode::Exclusive { holder: h, .. } => *h == holder,
                     Mode::Shared { holders } => holders.contains_key(&holder),
-                    Mode::Exclusive { .. } => false,
                 },
             })
             .cloned()
@@ -44,12 +39,9 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                                 holder,
                                 uses,
                                 writing,
-                                bound,
                                 ..
                             } => {
-                                let state = if bound.is_some() {
-                                    LeaseState::Handoff
-                                } else if *writing {
+                                let state = if *writing {
                                     LeaseState::Writing
                                 } else if *uses == 0 {
                                     LeaseState::Lingering
@@ -87,7 +79,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                         .map(|waiter| WaiterView {
                             process: waiter.holder,
                             waited: now.saturating_sub(waiter.since),
-                            intent: waiter.intent,
+                            intent: waiter.ask.intent,
                         })
                         .collect(),
                 }

@@ -29,7 +29,6 @@ fn policy() -> Policy {
         linger_gap_factor: 4,
         max_hold: ms(10_000),
         max_wait: ms(60_000),
-        handoff: ms(500),
     }
 }
 
@@ -67,17 +66,17 @@ fn waiters_are_served_in_arrival_order_at_each_commit() {
     let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
     let b = queued(e.acquire(ms(1), &"s", B, Intent::Read, None));
     let c = queued(e.acquire(ms(2), &"s", C, Intent::Read, None));
-    assert!(e.finish(ms(3), a.lease, A, false).is_empty());
+    assert!(e.finish(ms(3), a.lease, A, Outcome::Read).is_empty());
     let save = granted(e.acquire(ms(4), &"s", A, Intent::Write, None));
     assert_eq!(save.lease, a.lease, "the holder's save joins its cycle");
-    let actions = e.finish(ms(5), save.lease, A, true);
+    let actions = e.finish(ms(5), save.lease, A, Outcome::Committed);
     assert_eq!(grants(&actions), vec![b]);
     assert_eq!(e.generation(&"s"), 1);
     let Action::Granted { grant: for_b, .. } = actions[0] else {
         unreachable!()
     };
     assert_eq!(for_b.generation, 1, "the next holder sees the commit");
-    let actions = e.finish(ms(6), for_b.lease, B, true);
+    let actions = e.finish(ms(6), for_b.lease, B, Outcome::Committed);
     assert_eq!(grants(&actions), vec![c]);
     assert_eq!(e.counters().cycles_committed, 2);
     assert_eq!(e.counters().waits, 2);
@@ -88,7 +87,7 @@ fn a_read_only_cycle_ends_after_the_linger() {
     let mut e = engine();
     let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
     let b = queued(e.acquire(ms(1), &"s", B, Intent::Read, None));
-    e.finish(ms(10), a.lease, A, false);
+    e.finish(ms(10), a.lease, A, Outcome::Read);
     assert_eq!(e.next_deadline(), Some(ms(60)));
     assert!(e.tick(ms(59)).is_empty());
     assert_eq!(grants(&e.tick(ms(60))), vec![b]);
@@ -101,21 +100,21 @@ fn the_linger_adapts_to_the_gaps_a_file_shows_within_bounds() {
     for round in 0..3u64 {
         let t = ms(1000 * round);
         let a = granted(e.acquire(t, &"s", A, Intent::Read, None));
-        e.finish(t + ms(1), a.lease, A, false);
+        e.finish(t + ms(1), a.lease, A, Outcome::Read);
         let save = granted(e.acquire(t + ms(41), &"s", A, Intent::Write, None));
-        e.finish(t + ms(42), save.lease, A, true);
+        e.finish(t + ms(42), save.lease, A, Outcome::Committed);
     }
     let a = granted(e.acquire(ms(5000), &"s", A, Intent::Read, None));
-    e.finish(ms(5000), a.lease, A, false);
+    e.finish(ms(5000), a.lease, A, Outcome::Read);
     // The largest gap was 41 ms; four times that is 164 ms.
     assert_eq!(e.next_deadline(), Some(ms(5164)));
     let mut slow = engine();
     let a = granted(slow.acquire(ms(0), &"s", A, Intent::Read, None));
-    slow.finish(ms(0), a.lease, A, false);
+    slow.finish(ms(0), a.lease, A, Outcome::Read);
     let save = granted(slow.acquire(ms(900), &"s", A, Intent::Write, None));
-    slow.finish(ms(900), save.lease, A, true);
+    slow.finish(ms(900), save.lease, A, Outcome::Committed);
     let a = granted(slow.acquire(ms(2000), &"s", A, Intent::Read, None));
-    slow.finish(ms(2000), a.lease, A, false);
+    slow.finish(ms(2000), a.lease, A, Outcome::Read);
     assert_eq!(slow.next_deadline(), Some(ms(3000)), "capped at max_linger");
 }
 
@@ -124,7 +123,7 @@ fn activity_of_the_holder_restarts_its_linger() {
     let mut e = engine();
     let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
     queued(e.acquire(ms(0), &"s", B, Intent::Read, None));
-    e.finish(ms(0), a.lease, A, false);
+    e.finish(ms(0), a.lease, A, Outcome::Read);
     e.activity(ms(40), A);
     assert!(e.tick(ms(60)).is_empty());
     assert_eq!(e.next_deadline(), Some(ms(90)));
@@ -145,9 +144,12 @@ fn a_hung_holder_is_revoked_and_its_late_commit_fenced() {
     let Some(Action::Granted { grant: for_b, .. }) = actions.last().cloned() else {
         unreachable!()
     };
-    e.finish(ms(10_001), for_b.lease, B, true);
+    e.finish(ms(10_001), for_b.lease, B, Outcome::Committed);
     // The revoked handle's close is stale and changes nothing.
-    assert!(e.finish(ms(10_002), a.lease, A, true).is_empty());
+    assert!(
+        e.finish(ms(10_002), a.lease, A, Outcome::Committed)
+            .is_empty()
+    );
     assert_eq!(e.generation(&"s"), 1);
     assert_eq!(
         e.acquire(ms(10_003), &"s", A, Intent::Write, None),
@@ -167,7 +169,7 @@ fn a_revoked_holder_may_commit_when_nothing_newer_landed() {
     granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
     e.tick(ms(10_000));
     let save = granted(e.acquire(ms(10_001), &"s", A, Intent::Write, None));
-    e.finish(ms(10_002), save.lease, A, true);
+    e.finish(ms(10_002), save.lease, A, Outcome::Committed);
     assert_eq!(e.generation(&"s"), 1);
 }
 
@@ -175,11 +177,11 @@ fn a_revoked_holder_may_commit_when_nothing_newer_landed() {
 fn a_queued_stale_writer_is_fenced_when_its_turn_comes() {
     let mut e = engine();
     let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
-    e.finish(ms(0), a.lease, A, false);
+    e.finish(ms(0), a.lease, A, Outcome::Read);
     e.tick(ms(100));
     let b = granted(e.acquire(ms(101), &"s", B, Intent::Read, None));
     let late = queued(e.acquire(ms(102), &"s", A, Intent::Write, None));
-    let actions = e.finish(ms(103), b.lease, B, true);
+    let actions = e.finish(ms(103), b.lease, B, Outcome::Committed);
     assert_eq!(actions, vec![Action::Fenced { wait: late }]);
 }
 
@@ -187,9 +189,9 @@ fn a_queued_stale_writer_is_fenced_when_its_turn_comes() {
 fn a_blind_writer_is_never_fenced() {
     let mut e = engine();
     let a = granted(e.acquire(ms(0), &"s", A, Intent::Write, None));
-    e.finish(ms(1), a.lease, A, true);
+    e.finish(ms(1), a.lease, A, Outcome::Committed);
     let b = granted(e.acquire(ms(2), &"s", B, Intent::Write, None));
-    e.finish(ms(3), b.lease, B, true);
+    e.finish(ms(3), b.lease, B, Outcome::Committed);
     granted(e.acquire(ms(4), &"s", A, Intent::Write, None));
 }
 
@@ -198,10 +200,10 @@ fn a_writer_that_read_before_is_fenced_after_a_newer_commit() {
     let mut e = engine();
     let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
     let save = granted(e.acquire(ms(1), &"s", A, Intent::Write, None));
-    e.finish(ms(2), save.lease, A, true);
-    e.finish(ms(2), a.lease, A, false);
+    e.finish(ms(2), save.lease, A, Outcome::Committed);
+    e.finish(ms(2), a.lease, A, Outcome::Read);
     let b = granted(e.acquire(ms(3), &"s", B, Intent::Write, None));
-    e.finish(ms(4), b.lease, B, true);
+    e.finish(ms(4), b.lease, B, Outcome::Committed);
     assert_eq!(
         e.acquire(ms(5), &"s", A, Intent::Write, None),
         Admission::Fenced
@@ -213,27 +215,9 @@ fn holder_exit_passes_the_lease_on_at_once() {
     let mut e = engine();
     granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
     let b = queued(e.acquire(ms(1), &"s", B, Intent::Read, None));
-    let actions = e.holder_exited(ms(2), A, &[]);
+    let actions = e.holder_exited(ms(2), A, None);
     assert_eq!(grants(&actions), vec![b]);
     assert_eq!(e.counters().holder_exits_mid_cycle, 1);
-}
-
-#[test]
-fn a_second_read_by_the_holder_queues_behind_its_own_cycle() {
-    let mut e = engine();
-    let first = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
-    let second = queued(e.acquire(ms(0), &"s", A, Intent::Read, None));
-    e.finish(ms(1), first.lease, A, false);
-    let save = granted(e.acquire(ms(2), &"s", A, Intent::Write, None));
-    let actions = e.finish(ms(3), save.lease, A, true);
-    assert_eq!(grants(&actions), vec![second]);
-    let Action::Granted { grant, .. } = actions[0] else {
-        unreachable!()
-    };
-    assert_eq!(
-        grant.generation, 1,
-        "the second cycle reads the first one's save"
-    );
 }
 
 #[test]
@@ -244,8 +228,8 @@ fn appenders_share_and_exclude_cycles_without_starving_them() {
     assert_eq!(a.lease, b.lease);
     let compactor = queued(e.acquire(ms(1), &"log", C, Intent::Read, None));
     let late_append = queued(e.acquire(ms(2), &"log", A, Intent::Append, None));
-    assert!(e.finish(ms(3), a.lease, A, true).is_empty());
-    let actions = e.finish(ms(4), b.lease, B, true);
+    assert!(e.finish(ms(3), a.lease, A, Outcome::Committed).is_empty());
+    let actions = e.finish(ms(4), b.lease, B, Outcome::Committed);
     assert_eq!(grants(&actions), vec![compactor]);
     assert_eq!(e.generation(&"log"), 2);
     let Action::Granted { grant, .. } = actions[0] else {
@@ -253,7 +237,7 @@ fn appenders_share_and_exclude_cycles_without_starving_them() {
     };
     let save = granted(e.acquire(ms(5), &"log", C, Intent::Write, None));
     assert_eq!(save.lease, grant.lease);
-    let actions = e.finish(ms(6), save.lease, C, true);
+    let actions = e.finish(ms(6), save.lease, C, Outcome::Committed);
     assert_eq!(grants(&actions), vec![late_append]);
 }
 
@@ -264,8 +248,11 @@ fn consecutive_waiting_appenders_are_granted_together() {
     let b = queued(e.acquire(ms(1), &"log", B, Intent::Append, None));
     let c = queued(e.acquire(ms(1), &"log", C, Intent::Append, None));
     let save = granted(e.acquire(ms(2), &"log", A, Intent::Write, None));
-    e.finish(ms(2), a.lease, A, false);
-    assert_eq!(grants(&e.finish(ms(3), save.lease, A, true)), vec![b, c]);
+    e.finish(ms(2), a.lease, A, Outcome::Read);
+    assert_eq!(
+        grants(&e.finish(ms(3), save.lease, A, Outcome::Committed)),
+        vec![b, c]
+    );
 }
 
 #[test]
@@ -285,7 +272,7 @@ fn a_cancelled_waiter_leaves_the_queue_and_it_moves_on() {
     let b = queued(e.acquire(ms(0), &"s", B, Intent::Read, None));
     let c = queued(e.acquire(ms(0), &"s", C, Intent::Read, None));
     assert!(e.cancel(ms(1), b).is_empty());
-    assert_eq!(grants(&e.holder_exited(ms(2), A, &[])), vec![c]);
+    assert_eq!(grants(&e.holder_exited(ms(2), A, None)), vec![c]);
     let _ = a;
 }
 
@@ -296,58 +283,17 @@ fn a_waiter_whose_process_exits_is_answered() {
     let b = queued(e.acquire(ms(0), &"s", B, Intent::Read, None));
     let c = queued(e.acquire(ms(0), &"s", C, Intent::Read, None));
     assert_eq!(
-        e.holder_exited(ms(1), B, &[]),
+        e.holder_exited(ms(1), B, None),
         vec![Action::Abandoned { wait: b }]
     );
-    assert_eq!(grants(&e.holder_exited(ms(2), A, &[])), vec![c]);
-}
-
-#[test]
-fn a_dead_readers_lease_waits_for_the_rename_of_its_temp_file() {
-    let mut e = engine();
-    let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
-    e.finish(ms(1), a.lease, A, false);
-    let b = queued(e.acquire(ms(2), &"s", B, Intent::Read, None));
-    assert!(e.holder_exited(ms(3), A, &[("s", 77)]).is_empty());
-    assert_eq!(e.handoff_token(&"s"), Some(77));
-    assert_eq!(e.adopt(ms(4), &"s", 78, C), None, "another file's rename");
-    let mover = e.adopt(ms(5), &"s", 77, C).expect("adopted");
-    let actions = e.finish(ms(6), mover.lease, C, true);
-    assert_eq!(grants(&actions), vec![b]);
-    assert_eq!(e.generation(&"s"), 1);
-    assert_eq!(e.counters().handoffs, 1);
-}
-
-#[test]
-fn an_unclaimed_handoff_ends_after_its_window() {
-    let mut e = engine();
-    let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
-    e.finish(ms(0), a.lease, A, false);
-    let b = queued(e.acquire(ms(0), &"s", B, Intent::Read, None));
-    e.holder_exited(ms(10), A, &[("s", 1)]);
-    assert!(e.tick(ms(509)).is_empty());
-    assert_eq!(grants(&e.tick(ms(510))), vec![b]);
-}
-
-#[test]
-fn a_second_report_of_the_same_exit_keeps_the_handoff() {
-    let mut e = engine();
-    let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
-    e.finish(ms(1), a.lease, A, false);
-    let b = queued(e.acquire(ms(2), &"s", B, Intent::Read, None));
-    e.holder_exited(ms(3), A, &[("s", 77)]);
-    assert!(e.holder_exited(ms(4), A, &[]).is_empty());
-    assert_eq!(e.handoff_token(&"s"), Some(77));
-    assert!(e.leases_of(A).is_empty());
-    let mover = e.adopt(ms(5), &"s", 77, C).expect("adopted");
-    assert_eq!(grants(&e.finish(ms(6), mover.lease, C, true)), vec![b]);
+    assert_eq!(grants(&e.holder_exited(ms(2), A, None)), vec![c]);
 }
 
 #[test]
 fn generations_never_go_back_when_a_file_is_forgotten() {
     let mut e = engine();
     let w = granted(e.acquire(ms(0), &"t", A, Intent::Write, None));
-    e.finish(ms(1), w.lease, A, true);
+    e.finish(ms(1), w.lease, A, Outcome::Committed);
     let first = e.generation(&"t");
     assert!(first > 0);
     let w = granted(e.acquire(ms(2), &"t", A, Intent::Write, None));
@@ -388,36 +334,20 @@ fn the_snapshot_shows_holders_states_and_waiters_in_order() {
 }
 
 #[test]
-fn a_retried_open_continues_the_cycle_instead_of_queueing() {
-    let mut e = engine();
-    let first = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
-    e.finish_unused(ms(1), first.lease, A);
-    let retry = granted(e.acquire(ms(1), &"s", A, Intent::Read, None));
-    assert_eq!(retry.lease, first.lease);
-    e.finish(ms(2), retry.lease, A, false);
-    queued(e.acquire(ms(3), &"s", A, Intent::Read, None));
-}
-
-#[test]
 fn a_temp_written_during_a_cycle_stays_leased_until_the_cycle_commits() {
     let mut e = engine();
     let tmp = granted(e.acquire(ms(0), &"tmp", A, Intent::Write, None));
     let read = granted(e.acquire(ms(1), &"s", A, Intent::Read, None));
-    e.finish(ms(2), read.lease, A, false);
+    e.finish(ms(2), read.lease, A, Outcome::Read);
     assert!(e.tie(&"tmp", A, true, &"s", true));
     let other = queued(e.acquire(ms(3), &"tmp", B, Intent::Write, None));
     // The temp handle's late close changes nothing; the cycle's commit frees the temp.
-    assert!(e.finish(ms(4), tmp.lease, A, true).is_empty());
+    assert!(e.finish(ms(4), tmp.lease, A, Outcome::Committed).is_empty());
     let save = granted(e.acquire(ms(5), &"s", A, Intent::Write, None));
-    assert_eq!(grants(&e.finish(ms(6), save.lease, A, true)), vec![other]);
-}
-
-#[test]
-fn an_abandoned_use_frees_the_lease_at_once() {
-    let mut e = engine();
-    let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
-    let b = queued(e.acquire(ms(1), &"s", B, Intent::Write, None));
-    assert_eq!(grants(&e.abandon(ms(2), a.lease, A)), vec![b]);
+    assert_eq!(
+        grants(&e.finish(ms(6), save.lease, A, Outcome::Committed)),
+        vec![other]
+    );
 }
 
 #[test]
@@ -426,14 +356,14 @@ fn files_nobody_refers_to_are_forgotten() {
     for n in 0..100u64 {
         let name: &'static str = Box::leak(format!("tmp{n}").into_boxed_str());
         let w = granted(e.acquire(ms(n), &name, A, Intent::Write, None));
-        e.finish(ms(n), w.lease, A, true);
+        e.finish(ms(n), w.lease, A, Outcome::Committed);
     }
     let r = granted(e.acquire(ms(200), &"store", A, Intent::Read, None));
-    e.finish(ms(201), r.lease, A, false);
+    e.finish(ms(201), r.lease, A, Outcome::Read);
     e.tick(ms(1000));
     assert_eq!(e.entries.len(), 1, "only the file A has read is remembered");
     assert_eq!(e.leases_of(A), Vec::<&str>::new());
-    e.holder_exited(ms(1001), A, &[]);
+    e.holder_exited(ms(1001), A, None);
     assert!(e.entries.is_empty());
 }
 
@@ -552,7 +482,7 @@ proptest! {
                         Admission::Queued(wait) => {
                             world.pending.insert(wait, (holder, key, intent));
                         }
-                        Admission::Fenced => {}
+                        Admission::Fenced | Admission::OutOfTurn => {}
                     }
                 }
                 Step::Finish { holder, pick, how } => {
@@ -568,9 +498,9 @@ proptest! {
                     let before = e.generation(&KEYS[key]);
                     let process = world.holders[holder];
                     let actions = match how {
-                        0 => e.finish(now, grant.lease, process, false),
-                        1 => e.finish(now, grant.lease, process, true),
-                        _ => e.finish_unused(now, grant.lease, process),
+                        0 => e.finish(now, grant.lease, process, Outcome::Read),
+                        1 => e.finish(now, grant.lease, process, Outcome::Committed),
+                        _ => e.finish(now, grant.lease, process, Outcome::Read),
                     };
                     let after = e.generation(&KEYS[key]);
                     if after != before && !shared {
@@ -588,7 +518,7 @@ proptest! {
                     world.apply(&mut e, actions);
                 }
                 Step::Exit { holder } => {
-                    let actions = e.holder_exited(now, world.holders[holder], &[]);
+                    let actions = e.holder_exited(now, world.holders[holder], None);
                     world.uses[holder].clear();
                     world.views.retain(|(h, _), _| *h != holder);
                     world.apply(&mut e, actions);
@@ -627,7 +557,7 @@ proptest! {
         }
         // Every process ends; every waiter must then have been answered.
         for holder in 0..3 {
-            let actions = e.holder_exited(now, world.holders[holder], &[]);
+            let actions = e.holder_exited(now, world.holders[holder], None);
             world.apply(&mut e, actions);
         }
         now += Duration::from_secs(120);
@@ -637,4 +567,244 @@ proptest! {
         prop_assert!(e.snapshot(now).is_empty());
         prop_assert_eq!(e.next_deadline(), None);
     }
+}
+
+const SHELL: Holder = Holder {
+    pid: 50,
+    start_time: 1,
+};
+
+fn ask(intent: Intent) -> Ask {
+    Ask::new(intent)
+}
+
+fn child_of(parent: Holder, intent: Intent) -> Ask {
+    Ask {
+        family: [Some(parent), None],
+        ..Ask::new(intent)
+    }
+}
+
+fn locked(intent: Intent) -> Ask {
+    Ask {
+        locked: true,
+        ..Ask::new(intent)
+    }
+}
+
+#[test]
+fn a_process_never_waits_for_itself() {
+    let mut e = engine();
+    let first = granted(e.request(ms(0), &"s", A, ask(Intent::Read)));
+    let b = queued(e.request(ms(0), &"s", B, ask(Intent::Read)));
+    // A second open while the first is open (Python a = open(p); b = open(p)).
+    let second = granted(e.request(ms(1), &"s", A, ask(Intent::Read)));
+    assert_eq!(second.lease, first.lease);
+    e.finish(ms(2), first.lease, A, Outcome::Read);
+    e.finish(ms(2), second.lease, A, Outcome::Read);
+    // A sequential re-read (conf reads twice before saving) joins too.
+    let again = granted(e.request(ms(3), &"s", A, ask(Intent::Read)));
+    assert_eq!(again.lease, first.lease);
+    e.finish(ms(4), again.lease, A, Outcome::Read);
+    let save = granted(e.request(ms(5), &"s", A, locked(Intent::Write)));
+    assert_eq!(
+        grants(&e.finish(ms(6), save.lease, A, Outcome::Committed)),
+        vec![b]
+    );
+}
+
+#[test]
+fn a_read_from_a_second_thread_while_the_first_is_open_is_a_second_cycle() {
+    let mut e = engine();
+    let first = granted(e.request(ms(0), &"s", A, ask(Intent::Read)));
+    let concurrent = Ask {
+        concurrent: true,
+        ..ask(Intent::Read)
+    };
+    let second = queued(e.request(ms(0), &"s", A, concurrent));
+    e.finish(ms(1), first.lease, A, Outcome::Read);
+    let save = granted(e.request(ms(2), &"s", A, locked(Intent::Write)));
+    let actions = e.finish(ms(3), save.lease, A, Outcome::Committed);
+    assert_eq!(grants(&actions), vec![second]);
+    let Action::Granted { grant, .. } = actions[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        grant.generation, 1,
+        "the second cycle reads the first one's save"
+    );
+}
+
+#[test]
+fn a_locked_request_never_queues() {
+    let mut e = engine();
+    granted(e.request(ms(0), &"s", A, ask(Intent::Read)));
+    // A blind rename from another process while A only reads: it goes ahead, and A's
+    // cycle can no longer commit.
+    assert_eq!(
+        e.request(ms(1), &"s", B, locked(Intent::Write)),
+        Admission::OutOfTurn
+    );
+    e.commit_out_of_turn(ms(1), &"s", B, true);
+    assert_eq!(
+        e.request(ms(2), &"s", A, locked(Intent::Write)),
+        Admission::Fenced
+    );
+}
+
+#[test]
+fn a_locked_request_is_refused_while_the_holder_writes() {
+    let mut e = engine();
+    granted(e.request(ms(0), &"s", A, ask(Intent::Write)));
+    assert_eq!(
+        e.request(ms(1), &"s", B, locked(Intent::Write)),
+        Admission::Fenced
+    );
+}
+
+#[test]
+fn a_re_read_never_launders_an_older_view() {
+    let mut e = engine();
+    let a = granted(e.request(ms(0), &"s", A, ask(Intent::Read)));
+    let b = queued(e.request(ms(1), &"s", B, ask(Intent::Read)));
+    e.finish(ms(2), a.lease, A, Outcome::Read);
+    // A's linger ends; B reads and saves.
+    let actions = e.tick(ms(2) + policy().linger);
+    assert_eq!(grants(&actions), vec![b]);
+    let Action::Granted { grant, .. } = actions[0] else {
+        unreachable!()
+    };
+    let save = granted(e.request(ms(60), &"s", B, locked(Intent::Write)));
+    assert_eq!(save.lease, grant.lease);
+    e.finish(ms(61), save.lease, B, Outcome::Committed);
+    // A re-reads (a new lease) and saves what it built on its first read: refused.
+    let reread = granted(e.request(ms(70), &"s", A, ask(Intent::Read)));
+    e.finish(ms(71), reread.lease, A, Outcome::Read);
+    assert_eq!(
+        e.request(ms(72), &"s", A, locked(Intent::Write)),
+        Admission::Fenced
+    );
+}
+
+#[test]
+fn a_slow_save_with_nobody_in_between_is_kept_and_a_late_one_teaches_the_linger() {
+    let mut e = engine();
+    let a = granted(e.request(ms(0), &"s", A, ask(Intent::Read)));
+    e.finish(ms(1), a.lease, A, Outcome::Read);
+    assert!(e.tick(ms(1) + policy().linger).is_empty());
+    // Past the linger, nobody committed: the save is kept.
+    let save = granted(e.request(ms(120), &"s", A, locked(Intent::Write)));
+    e.finish(ms(121), save.lease, A, Outcome::Committed);
+    assert_eq!(e.generation(&"s"), 1);
+    let entry = &e.entries[&"s"];
+    assert!(
+        entry.gaps.linger(&policy()) >= ms(119),
+        "the late save taught the linger"
+    );
+}
+
+#[test]
+fn a_removal_keeps_the_cycle_until_the_name_is_created_again() {
+    let mut e = engine();
+    let a = granted(e.request(ms(0), &"s.dir", A, ask(Intent::Read)));
+    e.finish(ms(1), a.lease, A, Outcome::Read);
+    let b = queued(e.request(ms(2), &"s.dir", B, ask(Intent::Read)));
+    let away = granted(e.request(ms(3), &"s.dir", A, locked(Intent::Write)));
+    assert!(e.finish(ms(4), away.lease, A, Outcome::Removed).is_empty());
+    let create = granted(e.request(ms(5), &"s.dir", A, locked(Intent::Write)));
+    assert_eq!(create.lease, a.lease, "the re-create is part of the cycle");
+    assert_eq!(
+        grants(&e.finish(ms(6), create.lease, A, Outcome::Committed)),
+        vec![b]
+    );
+}
+
+#[test]
+fn a_dead_readers_cycle_passes_to_its_parent_and_a_child_finishes_it() {
+    let mut e = engine();
+    // sed (A) reads, the shell (SHELL) is its parent; another shell's reader (B) waits.
+    let a = granted(e.request(ms(0), &"s", A, child_of(SHELL, Intent::Read)));
+    e.finish(ms(1), a.lease, A, Outcome::Read);
+    let b = queued(e.request(ms(2), &"s", B, ask(Intent::Read)));
+    assert!(e.holder_exited(ms(3), A, Some(SHELL)).is_empty());
+    assert_eq!(e.counters().handoffs, 1);
+    // mv (C), the shell's next child, renames the temp onto the file.
+    let mv = granted(e.request(
+        ms(4),
+        &"s",
+        C,
+        Ask {
+            locked: true,
+            ..child_of(SHELL, Intent::Write)
+        },
+    ));
+    assert_eq!(mv.lease, a.lease);
+    assert_eq!(
+        grants(&e.finish(ms(5), mv.lease, C, Outcome::Committed)),
+        vec![b]
+    );
+}
+
+#[test]
+fn a_queued_child_write_joins_when_its_sibling_reader_exits() {
+    // jq f | sponge f: sponge's O_TRUNC open queues behind jq, then joins when jq exits.
+    let mut e = engine();
+    let jq = granted(e.request(ms(0), &"s", A, child_of(SHELL, Intent::Read)));
+    let other = queued(e.request(ms(1), &"s", B, ask(Intent::Read)));
+    let sponge = queued(e.request(ms(2), &"s", C, child_of(SHELL, Intent::Write)));
+    e.finish(ms(3), jq.lease, A, Outcome::Read);
+    let actions = e.holder_exited(ms(4), A, Some(SHELL));
+    assert_eq!(
+        grants(&actions),
+        vec![sponge],
+        "the pipeline's writer goes first"
+    );
+    let Action::Granted { grant, .. } = actions[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        grants(&e.finish(ms(5), grant.lease, C, Outcome::Committed)),
+        vec![other]
+    );
+}
+
+#[test]
+fn a_killed_holders_siblings_take_the_cycle_one_at_a_time() {
+    let mut e = engine();
+    let a = granted(e.request(ms(0), &"s", A, child_of(SHELL, Intent::Read)));
+    let b = queued(e.request(ms(1), &"s", B, child_of(SHELL, Intent::Read)));
+    let c = queued(e.request(ms(2), &"s", C, child_of(SHELL, Intent::Read)));
+    let _ = a;
+    let actions = e.holder_exited(ms(3), A, Some(SHELL));
+    assert_eq!(
+        grants(&actions),
+        vec![b],
+        "only the first sibling takes the cycle over"
+    );
+    let Action::Granted { grant, .. } = actions[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        grants(&e.finish(ms(4), grant.lease, B, Outcome::Committed)),
+        vec![c]
+    );
+}
+
+#[test]
+fn an_absence_seen_fences_a_first_save_after_another_one() {
+    let mut e = engine();
+    e.saw_missing(ms(0), &"s", A);
+    e.saw_missing(ms(0), &"s", B);
+    let replace = Ask {
+        replaces: true,
+        ..locked(Intent::Write)
+    };
+    let first = granted(e.request(ms(1), &"s", A, replace));
+    e.finish(ms(2), first.lease, A, Outcome::Committed);
+    assert_eq!(e.request(ms(3), &"s", B, replace), Admission::Fenced);
+    // A create (O_TRUNC) does not rest on the absence.
+    assert!(matches!(
+        e.request(ms(4), &"s", B, locked(Intent::Write)),
+        Admission::Granted(_)
+    ));
 }

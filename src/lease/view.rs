@@ -14,8 +14,6 @@ pub enum LeaseState {
     Writing,
     /// No handle open, no write yet: the lease ends at the linger unless the holder saves.
     Lingering,
-    /// The holder died after writing a temp file; the lease waits for that file's rename.
-    Handoff,
     /// Appenders sharing the file.
     Appending,
 }
@@ -70,6 +68,9 @@ pub struct Counters {
     pub fenced_commits: u64,
     /// Holders that exited while holding a lease without committing.
     pub holder_exits_mid_cycle: u64,
-    /// Dead holders' leases passed to the rename of the temp file they wrote.
+    /// Dead holders' cycles passed on to their parent process (the shell of a pipeline).
     pub handoffs: u64,
+    /// Writes that held a kernel lock and went ahead while another process's cycle held
+    /// the file (that cycle can then no longer commit).
+    pub out_of_turn: u64,
 }

@@ -151,8 +151,8 @@ impl Filesystem for LockFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.core.lookup(parent.0, name));
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        reply_entry(reply, self.leased.lookup(Caller::of(req), parent.0, name));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -331,6 +331,7 @@ impl Filesystem for LockFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.leased.gate.flushed(fh.0, req.pid());
         reply_empty(reply, self.core.flush(Caller::of(req), fh.0));
     }
 

@@ -21,7 +21,8 @@ use super::handles::FileHandle;
 use super::inodes::{Inode, InodeKey, ROOT_ID};
 use crate::control::events;
 use crate::lease::{
-    Action, Admission, Counters, Engine, Grant, Intent, LeaseState, LeaseView, Policy, WaitId,
+    Action, Admission, Ask, Counters, Engine, Grant, Intent, LeaseState, LeaseView, Outcome,
+    Policy, WaitId,
 };
 use crate::platform::{self, ExitWatch, ProcessId};
 use crate::sys;
@@ -43,7 +44,8 @@ const THREAD_CACHE_TTL: Duration = Duration::from_secs(1);
 /// How long a lease waits for the kernel to retry an open answered with ESTALE.
 const RETRY_WINDOW: Duration = Duration::from_millis(1000);
 
-/// How many recently written files are remembered per process, for the shell handoff.
+/// How many recently written files are remembered per process, to tie a temp file to the
+/// cycle it belongs to when its writer exits.
 const RECENT_WRITES: usize = 8;
 
 /// A granted lease as a continuation sees it.
@@ -52,6 +54,20 @@ pub struct Held {
     pub grant: Grant,
     pub holder: ProcessId,
     pub key: FileKey,
+    /// A write let through while another process's cycle held the file (it held a
+    /// kernel lock and could not wait): no lease of its own.
+    pub out_of_turn: bool,
+}
+
+impl Held {
+    fn granted(grant: Grant, holder: ProcessId, key: FileKey) -> Held {
+        Held {
+            grant,
+            holder,
+            key,
+            out_of_turn: false,
+        }
+    }
 }
 
 type Continuation = Box<dyn FnOnce(Result<Held, Errno>) + Send>;
@@ -66,13 +82,17 @@ struct Parked {
 /// The lease an open handle took, released with the handle.
 struct HandleLease {
     held: Held,
+    /// The thread that opened the handle, and whether a close(2) was seen since: a read
+    /// from another thread while this one is open and unflushed is a second cycle.
+    tid: u32,
+    flushed: bool,
     writes: bool,
     /// (size, mtime, ctime) before the open, to tell whether the handle changed the file.
     before: Option<(i64, i64, i64, i64, i64)>,
     truncated_or_created: bool,
 }
 
-/// A file a process created or opened for writing, for the shell handoff (S5).
+/// A file a process created or opened for writing: the temp file of a cycle, maybe.
 #[derive(Clone)]
 struct Written {
     parent: u64,
@@ -92,6 +112,8 @@ pub struct Gate {
     exits: OnceLock<Arc<ExitWatch>>,
     excludes: Option<ExcludeFn>,
     threads: Mutex<HashMap<u32, (ProcessId, Duration)>>,
+    /// Each watched process's parent and grandparent, read once.
+    families: Mutex<HashMap<ProcessId, [Option<ProcessId>; 2]>>,
     /// When the timer thread plans to wake next (nanoseconds since `epoch`).
     planned_wake: AtomicU64,
     wake: Condvar,
@@ -118,6 +140,7 @@ impl Gate {
             exits: OnceLock::new(),
             excludes: user_excluded,
             threads: Mutex::new(HashMap::new()),
+            families: Mutex::new(HashMap::new()),
             planned_wake: AtomicU64::new(0),
             wake: Condvar::new(),
             wake_lock: Mutex::new(false),
@@ -277,15 +300,15 @@ impl Gate {
     }
 
     /// Asks for a lease for the thread `caller`; `run` gets the answer now or later.
-    /// `handoff` names the file being renamed onto `key`, which may carry a dead holder's
-    /// lease with it.
+    /// `locked`: the request holds a kernel directory or inode lock while it waits, so it
+    /// is answered at once (see [`crate::lease::Ask::locked`]).
     pub fn admit(
         &self,
         caller: Caller,
         key: FileKey,
         intent: Intent,
-        handoff: Option<u64>,
-        creating: bool,
+        locked: bool,
+        replaces: bool,
         run: Continuation,
     ) {
         let holder = match self.process_of_thread(caller.pid) {
@@ -299,23 +322,35 @@ impl Gate {
             tracing::trace!(path = %self.path_of(&key), tid = caller.pid, "admit: retry keeps its lease");
             return run(Ok(held));
         }
-        if creating {
-            self.yield_retries_to_creator(&key, caller.pid);
-        }
         self.reap_dead_holders(&key, holder);
+        let ask = Ask {
+            intent,
+            family: self.family_of(holder),
+            concurrent: intent == Intent::Read && self.opened_elsewhere(holder, caller.pid, &key),
+            locked,
+            replaces,
+            max_wait: None,
+        };
         let mut engine = self.engine.lock();
-        let token = handoff.filter(|token| engine.handoff_token(&key) == Some(*token));
-        if let Some(grant) = token.and_then(|token| engine.adopt(self.now(), &key, token, holder)) {
-            drop(engine);
-            return run(Ok(Held { grant, holder, key }));
-        }
-        let admission = engine.acquire(self.now(), &key, holder, intent, None);
-        tracing::trace!(path = %self.path_of(&key), pid = holder.pid, tid = caller.pid, ?intent, ?admission, "admit");
+        let admission = engine.request(self.now(), &key, holder, ask);
+        tracing::trace!(path = %self.path_of(&key), pid = holder.pid, tid = caller.pid, ?ask, ?admission, "admit");
         match admission {
             Admission::Granted(grant) => {
                 drop(engine);
                 self.notify_timer();
-                run(Ok(Held { grant, holder, key }))
+                run(Ok(Held::granted(grant, holder, key)))
+            }
+            Admission::OutOfTurn => {
+                let generation = engine.generation(&key);
+                drop(engine);
+                let grant = Grant {
+                    lease: crate::lease::LeaseId(0),
+                    generation,
+                };
+                run(Ok(Held {
+                    out_of_turn: true,
+                    ..Held::granted(grant, holder, key)
+                }))
             }
             Admission::Fenced => {
                 drop(engine);
@@ -338,31 +373,43 @@ impl Gate {
         }
     }
 
-    /// A CREATE waits holding its directory's lock in the kernel, and a retried open of
-    /// the same name needs that lock: the retry gives its place up rather than deadlock.
-    fn yield_retries_to_creator(&self, key: &FileKey, creator: u32) {
-        let yielded: Vec<Held> = {
-            let mut retries = self.retries.lock();
-            let tids: Vec<u32> = retries
-                .keys()
-                .filter(|(tid, k)| k == key && *tid != creator)
-                .map(|(tid, _)| *tid)
-                .collect();
-            tids.into_iter()
-                .filter_map(|tid| retries.remove(&(tid, key.clone())).map(|(held, _)| held))
-                .collect()
-        };
-        for held in yielded {
-            let actions = self
-                .engine
-                .lock()
-                .abandon(self.now(), held.grant.lease, held.holder);
-            self.execute(actions);
+    /// A lookup by `caller` found nothing at `key`: the absence is what its cycle read.
+    pub fn saw_missing(&self, caller: Caller, key: &FileKey) {
+        if let Ok(holder) = self.process_of_thread(caller.pid) {
+            self.watch(holder);
+            self.engine.lock().saw_missing(self.now(), key, holder);
         }
     }
 
-    /// A holder whose exit is not reported yet must not keep anyone waiting, nor keep a
-    /// rename of its temp file from taking over its lease.
+    /// Whether `holder` has `key` open from a thread other than `tid`, with no close seen,
+    /// and not from `tid` itself: a read from `tid` then starts a second cycle.
+    fn opened_elsewhere(&self, holder: ProcessId, tid: u32, key: &FileKey) -> bool {
+        let leases = self.handle_leases.lock();
+        let mine = leases.values().filter(|lease| {
+            lease.held.holder == holder && lease.held.key == *key && !lease.flushed
+        });
+        let mut other = false;
+        for lease in mine {
+            if lease.tid == tid {
+                return false;
+            }
+            other = true;
+        }
+        other
+    }
+
+    /// The parent and grandparent of `process` (read once per process).
+    fn family_of(&self, process: ProcessId) -> [Option<ProcessId>; 2] {
+        if let Some(family) = self.families.lock().get(&process) {
+            return *family;
+        }
+        let parent = platform::parent_of(process);
+        let family = [parent, parent.and_then(platform::parent_of)];
+        self.families.lock().insert(process, family);
+        family
+    }
+
+    /// A holder whose exit is not reported yet must not keep anyone waiting.
     fn reap_dead_holders(&self, key: &FileKey, asking: ProcessId) {
         let others = self.engine.lock().holders_of(key);
         for other in others {
@@ -372,13 +419,28 @@ impl Gate {
         }
     }
 
-    /// Ends one use of a lease; `wrote` commits it.
-    pub fn finish(&self, held: &Held, wrote: bool) {
-        tracing::trace!(path = %self.path_of(&held.key), pid = held.holder.pid, wrote, "finish");
+    /// Ends one use of a lease with `outcome`.
+    pub fn finish(&self, held: &Held, outcome: Outcome) {
+        tracing::trace!(path = %self.path_of(&held.key), pid = held.holder.pid, ?outcome, "finish");
+        let now = self.now();
+        if held.out_of_turn {
+            let wrote = outcome != Outcome::Read;
+            self.engine
+                .lock()
+                .commit_out_of_turn(now, &held.key, held.holder, wrote);
+            if wrote {
+                events::out_of_turn(
+                    &self.path_of(&held.key),
+                    held.holder,
+                    Some(&self.command_of(held.holder)),
+                );
+            }
+            return;
+        }
         let actions = self
             .engine
             .lock()
-            .finish(self.now(), held.grant.lease, held.holder, wrote);
+            .finish(now, held.grant.lease, held.holder, outcome);
         self.notify_timer();
         self.execute(actions);
     }
@@ -408,18 +470,8 @@ impl Gate {
                 .collect()
         };
         for held in expired {
-            self.finish_unused_now(&held);
+            self.finish(&held, Outcome::Read);
         }
-    }
-
-    /// Ends a kept lease whose retry never came (the name is gone, say).
-    fn finish_unused_now(&self, held: &Held) {
-        let actions = self
-            .engine
-            .lock()
-            .finish_unused(self.now(), held.grant.lease, held.holder);
-        self.notify_timer();
-        self.execute(actions);
     }
 
     /// Whether `key` still names `inode`: a waiter granted after a rename-over must look
@@ -436,7 +488,7 @@ impl Gate {
     }
 
     /// Records the lease an open handle holds until its release.
-    pub fn opened(&self, handle: &FileHandle, held: Held, intent: Intent, created: bool) {
+    pub fn opened(&self, handle: &FileHandle, held: Held, intent: Intent, created: bool, tid: u32) {
         let writes = intent != Intent::Read;
         let truncated_or_created = created || handle.flags & libc::O_TRUNC != 0;
         if writes {
@@ -447,6 +499,8 @@ impl Gate {
             handle.fh,
             HandleLease {
                 held,
+                tid,
+                flushed: false,
                 writes,
                 before,
                 truncated_or_created,
@@ -478,6 +532,19 @@ impl Gate {
         found
     }
 
+    /// A close(2) of handle `fh` by thread `tid`: a read from another thread of its process
+    /// no longer counts as a second cycle.
+    pub fn flushed(&self, fh: u64, tid: u32) {
+        let Ok(process) = self.process_of_thread(tid) else {
+            return;
+        };
+        if let Some(lease) = self.handle_leases.lock().get_mut(&fh)
+            && lease.held.holder == process
+        {
+            lease.flushed = true;
+        }
+    }
+
     /// The last close of a handle: ends its lease, committing if the handle wrote.
     pub fn released(&self, handle: &FileHandle) {
         let Some(lease) = self.handle_leases.lock().remove(&handle.fh) else {
@@ -503,7 +570,12 @@ impl Gate {
             }
         }
         drop(engine);
-        self.finish(held, wrote);
+        let outcome = if wrote {
+            Outcome::Committed
+        } else {
+            Outcome::Read
+        };
+        self.finish(held, outcome);
     }
 
     /// A file the process wrote: it may be the temp file of a cycle on another file.
@@ -538,13 +610,23 @@ impl Gate {
         }
     }
 
-    /// A process that held or waited for leases exited.
+    /// A process that held or waited for leases exited. A cycle it was reading passes to
+    /// its parent, with the temp files it wrote beside that file tied to it.
     pub fn process_exited(&self, process: ProcessId) {
         let written = self
             .recent_writes
             .lock()
             .remove(&process)
             .unwrap_or_default();
+        let parent = self
+            .families
+            .lock()
+            .remove(&process)
+            .and_then(|family| family[0])
+            .filter(|parent| platform::is_alive(*parent));
+        if let Some(parent) = parent {
+            self.watch(parent);
+        }
         let mut engine = self.engine.lock();
         let held = engine.leases_of(process);
         // Mid-cycle: a handle still open, a save under way, or a temp file written next to
@@ -565,34 +647,27 @@ impl Gate {
             })
             .map(|view| view.key)
             .collect();
-        let handoffs: Vec<(FileKey, u64)> = held
-            .iter()
-            .filter_map(|key| {
-                let temp = written
-                    .iter()
-                    .rev()
-                    .find(|w| w.parent == key.0 && w.name != key.1 && self.names_ino(w))?;
-                Some((key.clone(), temp.ino))
-            })
-            .collect();
-        tracing::trace!(pid = process.pid, ?held, ?handoffs, "holder exited");
-        for (cycle, ino) in &handoffs {
-            if let Some(temp) = written.iter().find(|w| w.ino == *ino) {
+        for cycle in &held {
+            for temp in written
+                .iter()
+                .filter(|w| w.parent == cycle.0 && w.name != cycle.1 && self.names_ino(w))
+            {
                 let temp_key = (temp.parent, temp.name.clone());
                 engine.tie(&temp_key, process, true, cycle, false);
             }
         }
-        let actions = engine.holder_exited(self.now(), process, &handoffs);
+        tracing::trace!(pid = process.pid, ?held, ?parent, "holder exited");
+        let actions = engine.holder_exited(self.now(), process, parent);
         drop(engine);
         let command = self.command_of(process);
         for key in held {
-            let handed_off = handoffs.iter().any(|(handoff, _)| *handoff == key);
             if !mid_cycle.contains(&key) {
                 tracing::debug!(path = %self.path_of(&key), pid = process.pid, "reader exited");
                 continue;
             }
-            let reason = if handed_off {
-                "its lease waits briefly for another process to rename the temp file it wrote"
+            let passed = engine_holds(&self.engine.lock(), &key, parent);
+            let reason = if passed {
+                "its cycle passes to its parent process (the shell of a pipeline)"
             } else {
                 "its lease passes to the next in line; the file keeps its last commit"
             };
@@ -652,7 +727,7 @@ impl Gate {
             let Parked {
                 holder, key, run, ..
             } = parked;
-            run(outcome.map(|grant| Held { grant, holder, key }));
+            run(outcome.map(|grant| Held::granted(grant, holder, key)));
         }
     }
 
@@ -746,6 +821,11 @@ fn timer_loop(gate: Weak<Gate>) {
         }
         *woken = false;
     }
+}
+
+/// Whether `process` holds the lease on `key` now.
+fn engine_holds(engine: &Engine<FileKey>, key: &FileKey, process: Option<ProcessId>) -> bool {
+    process.is_some_and(|process| engine.holders_of(key).first() == Some(&process))
 }
 
 fn fingerprint(handle: &FileHandle) -> Option<(i64, i64, i64, i64, i64)> {

@@ -7,11 +7,10 @@ use std::sync::Arc;
 use fuser::{Errno, ReplyAttr, ReplyCreate, ReplyEmpty, ReplyEntry, ReplyOpen};
 
 use super::Caller;
-use super::core::{OpResult, Overlay, SetAttr};
+use super::core::{Entry, OpResult, Overlay, SetAttr};
 use super::fs::{reply_attr, reply_create, reply_empty, reply_entry, reply_open};
 use super::gate::{FileKey, Gate, Held, intent_of_open};
-use super::inodes::InodeKey;
-use crate::lease::Intent;
+use crate::lease::{Intent, Outcome};
 use crate::sys;
 
 pub struct Leased {
@@ -41,27 +40,44 @@ struct Ask {
     caller: Caller,
     key: FileKey,
     intent: Intent,
-    /// The inode number of a file renamed onto `key` (a dead holder's temp, maybe).
-    handoff: Option<u64>,
-    /// A CREATE, which waits holding its directory's lock in the kernel.
-    creating: bool,
+    /// The request holds a kernel directory or inode lock (CREATE, RENAME, UNLINK, LINK,
+    /// truncate by path): it is answered at once and never parked.
+    locked: bool,
+    /// A rename or link onto the name (a save).
+    replaces: bool,
 }
 
 impl Ask {
-    /// A write of `key` that nothing hands over.
-    fn write(caller: Caller, key: FileKey) -> Ask {
+    /// A write of `key` that holds a kernel lock.
+    fn locked_write(caller: Caller, key: FileKey) -> Ask {
         Ask {
             caller,
             key,
             intent: Intent::Write,
-            handoff: None,
-            creating: false,
+            locked: true,
+            replaces: false,
+        }
+    }
+
+    /// A rename or link onto `key`.
+    fn replace(caller: Caller, key: FileKey) -> Ask {
+        Ask {
+            replaces: true,
+            ..Ask::locked_write(caller, key)
         }
     }
 }
 
 fn key(parent: u64, name: &OsStr) -> FileKey {
     (parent, name.to_os_string())
+}
+
+fn outcome_of<T>(result: &OpResult<T>, outcome: Outcome) -> Outcome {
+    if result.is_ok() {
+        outcome
+    } else {
+        Outcome::Read
+    }
 }
 
 impl Leased {
@@ -78,8 +94,8 @@ impl Leased {
             ask.caller,
             ask.key,
             ask.intent,
-            ask.handoff,
-            ask.creating,
+            ask.locked,
+            ask.replaces,
             Box::new(move |outcome| match outcome {
                 Ok(held) => work(&core, &gate, held, reply),
                 Err(e) => {
@@ -91,19 +107,32 @@ impl Leased {
     }
 
     /// A lease for one operation that commits when it succeeds (rename, unlink, link,
-    /// truncate): the operation runs, the lease ends, then the reply goes out.
+    /// truncate): the operation runs, the lease ends with `outcome`, then the reply goes out.
     fn commit_with_lease<R: Refuse, T: 'static>(
         &self,
         ask: Ask,
+        outcome: Outcome,
         reply: R,
         operation: impl FnOnce(&Overlay, &FileKey) -> OpResult<T> + Send + 'static,
         answer: impl FnOnce(R, OpResult<T>) + Send + 'static,
     ) {
         self.with_lease(ask, reply, move |core, gate, held, reply| {
             let result = operation(core, &held.key);
-            gate.finish(&held, result.is_ok());
+            gate.finish(&held, outcome_of(&result, outcome));
             answer(reply, result);
         });
+    }
+
+    /// A lookup; finding nothing at a managed name is what the caller's cycle reads.
+    pub fn lookup(&self, caller: Caller, parent: u64, name: &OsStr) -> OpResult<Entry> {
+        let result = self.core.lookup(parent, name);
+        if result.as_ref().is_err_and(|e| *e == Errno::ENOENT) {
+            let key = key(parent, name);
+            if self.gate.is_managed(&key) {
+                self.gate.saw_missing(caller, &key);
+            }
+        }
+        result
     }
 
     pub fn open(&self, caller: Caller, nodeid: u64, flags: i32, reply: ReplyOpen) {
@@ -115,8 +144,8 @@ impl Leased {
             caller,
             key,
             intent,
-            handoff: None,
-            creating: false,
+            locked: false,
+            replaces: false,
         };
         self.with_lease(ask, reply, move |core, gate, held, reply| {
             if !gate.still_named(&held.key, &inode) {
@@ -131,11 +160,11 @@ impl Leased {
             }
             match core.open(caller, nodeid, flags) {
                 Ok(handle) => {
-                    gate.opened(&handle, held, intent, false);
+                    gate.opened(&handle, held, intent, false, caller.pid);
                     reply_open(core, reply, Ok(handle));
                 }
                 Err(e) => {
-                    gate.finish(&held, false);
+                    gate.finish(&held, Outcome::Read);
                     reply.error(e);
                 }
             }
@@ -165,17 +194,17 @@ impl Leased {
             caller,
             key,
             intent,
-            handoff: None,
-            creating: true,
+            locked: true,
+            replaces: false,
         };
         self.with_lease(ask, reply, move |core, gate, held, reply| {
             match core.create(caller, held.key.0, &held.key.1, mode, flags) {
                 Ok((entry, handle)) => {
-                    gate.opened(&handle, held, intent, true);
+                    gate.opened(&handle, held, intent, true, caller.pid);
                     reply_create(core, reply, Ok((entry, handle)));
                 }
                 Err(e) => {
-                    gate.finish(&held, false);
+                    gate.finish(&held, Outcome::Read);
                     reply.error(e);
                 }
             }
@@ -187,15 +216,18 @@ impl Leased {
         if !self.gate.is_managed(&key) {
             return reply_empty(reply, self.core.unlink(caller, parent, name));
         }
-        let ask = Ask::write(caller, key);
         self.commit_with_lease(
-            ask,
+            Ask::locked_write(caller, key),
+            Outcome::Removed,
             reply,
             move |core, key| core.unlink(caller, key.0, &key.1),
             reply_empty,
         );
     }
 
+    /// A rename is a write of its target and, for a managed file, a removal of its source
+    /// (dbm's `.dir` renamed to `.bak` before a new `.dir` is written): both leases are
+    /// taken (the request holds the directory locks, so neither waits).
     #[allow(clippy::too_many_arguments)]
     pub fn rename(
         &self,
@@ -208,27 +240,79 @@ impl Leased {
         reply: ReplyEmpty,
     ) {
         let target = key(new_parent, new_name);
+        let source = key(parent, name);
         let moved = self.stat_child(parent, name);
         let moves_a_file = moved.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
-        if !moves_a_file || !self.gate.is_managed(&target) {
+        let target_managed = moves_a_file && self.gate.is_managed(&target);
+        let source_managed = moves_a_file && source != target && self.gate.is_managed(&source);
+        if !target_managed && !source_managed {
             let result = self
                 .core
                 .rename(caller, parent, name, new_parent, new_name, flags);
             return reply_empty(reply, result);
         }
-        let name = name.to_os_string();
-        let ask = Ask {
-            caller,
-            key: target,
-            intent: Intent::Write,
-            handoff: moved.map(|st| InodeKey::of(&st).ino),
-            creating: false,
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let source_outcome = if exchange {
+            Outcome::Committed
+        } else {
+            Outcome::Removed
         };
-        self.commit_with_lease(
-            ask,
-            reply,
-            move |core, key| core.rename(caller, parent, &name, key.0, &key.1, flags),
-            reply_empty,
+        let leases: Vec<(Ask, Outcome)> = [
+            target_managed.then(|| (Ask::replace(caller, target), Outcome::Committed)),
+            source_managed.then(|| (Ask::locked_write(caller, source), source_outcome)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let name = name.to_os_string();
+        let new_name = new_name.to_os_string();
+        self.with_leases(leases, Vec::new(), reply, move |core, reply| {
+            let result = core.rename(caller, parent, &name, new_parent, &new_name, flags);
+            (result.is_ok(), move || reply_empty(reply, result))
+        });
+    }
+
+    /// Takes the locked-write leases in `wanted` one after another (none of them waits),
+    /// runs `operation`, ends every lease with its outcome if it succeeded, then answers.
+    fn with_leases<R: Refuse, A: FnOnce() + Send + 'static>(
+        &self,
+        mut wanted: Vec<(Ask, Outcome)>,
+        mut taken: Vec<(Held, Outcome)>,
+        reply: R,
+        operation: impl FnOnce(&Overlay, R) -> (bool, A) + Send + 'static,
+    ) {
+        let Some((ask, outcome)) = wanted.pop() else {
+            let (ok, answer) = operation(&self.core, reply);
+            for (held, outcome) in &taken {
+                let outcome = if ok { *outcome } else { Outcome::Read };
+                self.gate.finish(held, outcome);
+            }
+            return answer();
+        };
+        let leased = Leased {
+            core: Arc::clone(&self.core),
+            gate: Arc::clone(&self.gate),
+        };
+        let gate = Arc::clone(&self.gate);
+        let undo: Vec<Held> = taken.iter().map(|(held, _)| held.clone()).collect();
+        self.gate.admit(
+            ask.caller,
+            ask.key,
+            ask.intent,
+            ask.locked,
+            ask.replaces,
+            Box::new(move |answer| match answer {
+                Ok(held) => {
+                    taken.push((held, outcome));
+                    leased.with_leases(wanted, taken, reply, operation);
+                }
+                Err(e) => {
+                    for held in &undo {
+                        gate.finish(held, Outcome::Read);
+                    }
+                    reply.refuse(e);
+                }
+            }),
         );
     }
 
@@ -244,9 +328,9 @@ impl Leased {
         if !self.gate.is_managed(&key) {
             return reply_entry(reply, self.core.link(caller, nodeid, new_parent, new_name));
         }
-        let ask = Ask::write(caller, key);
         self.commit_with_lease(
-            ask,
+            Ask::replace(caller, key),
+            Outcome::Committed,
             reply,
             move |core, key| core.link(caller, nodeid, key.0, &key.1),
             reply_entry,
@@ -267,13 +351,18 @@ impl Leased {
             return reply_attr(reply, self.core.setattr(caller, nodeid, change));
         };
         self.with_lease(
-            Ask::write(caller, key),
+            Ask::locked_write(caller, key),
             reply,
             move |core, gate, held, reply| {
                 let result = core.setattr(caller, nodeid, change);
                 // Part of an open(O_TRUNC) of the holder's: its handle commits at close.
                 let by_open = gate.truncated_by_open(held.holder, &held.key);
-                gate.finish(&held, result.is_ok() && !by_open);
+                let outcome = if by_open {
+                    Outcome::Read
+                } else {
+                    outcome_of(&result, Outcome::Committed)
+                };
+                gate.finish(&held, outcome);
                 reply_attr(reply, result);
             },
         );

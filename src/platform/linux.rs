@@ -41,9 +41,33 @@ pub fn process(pid: u32) -> io::Result<ProcessId> {
     })
 }
 
-/// Whether `process` is still the one running under its pid.
+/// Whether `process` is still the one running under its pid (a zombie has exited).
 pub fn is_alive(process: ProcessId) -> bool {
-    start_time(process.pid).is_ok_and(|start| start == process.start_time)
+    let Ok(stat) = fs::read_to_string(format!("/proc/{}/stat", process.pid)) else {
+        return false;
+    };
+    parse_start_time(&stat) == Some(process.start_time)
+        && stat_fields(&stat).and_then(|mut fields| fields.next()) != Some("Z")
+}
+
+/// The parent of `process`, while both live; None for children of init or of nobody.
+pub fn parent_of(process: ProcessId) -> Option<ProcessId> {
+    let stat = fs::read_to_string(format!("/proc/{}/stat", process.pid)).ok()?;
+    if parse_start_time(&stat) != Some(process.start_time) {
+        return None;
+    }
+    let ppid: u32 = stat_fields(&stat)?.nth(1)?.parse().ok()?;
+    if ppid <= 1 {
+        return None;
+    }
+    let parent = self::process(ppid).ok()?;
+    // A parent younger than its child is a recycled pid (the real parent is gone).
+    (parent.start_time <= process.start_time).then_some(parent)
+}
+
+/// Fields 3.. of a /proc stat line (state, ppid, ...).
+fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace())
 }
 
 /// True when thread `tid` is gone or has SIGKILL pending: a request it waits on can be

@@ -22,7 +22,7 @@ use super::protocol::{
     ErrorCode, Event, MAX_LINE_BYTES, PROTOCOL_VERSION, Reply, Request, WireIntent, parse_request,
     to_line,
 };
-use crate::lease::{Action, Admission, Engine, Grant, Intent, LeaseId, Policy, WaitId};
+use crate::lease::{Action, Admission, Engine, Grant, Intent, LeaseId, Outcome, Policy, WaitId};
 use crate::platform::{self, ExitWatch, ProcessId};
 
 type ConnId = u64;
@@ -101,7 +101,7 @@ impl Server {
                 let mut state = state.lock();
                 let now = state.now();
                 tracing::debug!(pid = process.pid, "client process exited");
-                let actions = state.engine.holder_exited(now, process, &[]);
+                let actions = state.engine.holder_exited(now, process, None);
                 state.dispatch(actions);
                 wake_timer.notify_one();
             })?
@@ -268,11 +268,16 @@ impl Server {
             *count == 0
         };
         if last && !platform::is_alive(holder) {
-            actions.extend(state.engine.holder_exited(now, holder, &[]));
+            actions.extend(state.engine.holder_exited(now, holder, None));
         } else {
             for (_, taken) in connection.uses {
                 if !taken.released {
-                    actions.extend(state.engine.finish(now, taken.engine_lease, holder, false));
+                    actions.extend(state.engine.finish(
+                        now,
+                        taken.engine_lease,
+                        holder,
+                        Outcome::Read,
+                    ));
                 }
             }
         }
@@ -362,7 +367,9 @@ impl State {
                 );
                 None
             }
-            Admission::Fenced => Some(Reply::error(id, ErrorCode::Fenced, "fenced")),
+            Admission::Fenced | Admission::OutOfTurn => {
+                Some(Reply::error(id, ErrorCode::Fenced, "fenced"))
+            }
         }
     }
 
@@ -430,7 +437,7 @@ impl State {
         if taken.append {
             connection.uses.remove(&lease);
         }
-        let actions = self.engine.finish(now, engine_lease, holder, false);
+        let actions = self.engine.finish(now, engine_lease, holder, Outcome::Read);
         self.dispatch(actions);
         Reply::ok(id)
     }
@@ -494,7 +501,9 @@ impl State {
                 if released {
                     return Some(Reply::ok(id));
                 }
-                let actions = self.engine.finish(now, engine_lease, holder, true);
+                let actions = self
+                    .engine
+                    .finish(now, engine_lease, holder, Outcome::Committed);
                 self.dispatch(actions);
                 return Some(Reply {
                     generation: Some(self.engine.generation(&key)),
@@ -522,7 +531,7 @@ impl State {
                 self.park(conn, wait, Parked::Commit(request));
                 None
             }
-            Admission::Fenced => {
+            Admission::Fenced | Admission::OutOfTurn => {
                 Some(self.refuse_fenced(request, "the file changed since this process read it"))
             }
         }
@@ -551,7 +560,7 @@ impl State {
         let holder = self.holder(request.conn);
         if !released {
             let now = self.now();
-            let actions = self.engine.finish(now, engine_lease, holder, false);
+            let actions = self.engine.finish(now, engine_lease, holder, Outcome::Read);
             self.dispatch(actions);
         }
         Some(self.refuse_fenced(
@@ -596,7 +605,7 @@ impl State {
         if let Some(temp) = &request.temp
             && let Err(err) = self.root.rename(temp, &request.key)
         {
-            let actions = self.engine.finish(now, grant.lease, holder, false);
+            let actions = self.engine.finish(now, grant.lease, holder, Outcome::Read);
             self.dispatch(actions);
             return Reply::error(
                 request.id,
@@ -604,7 +613,9 @@ impl State {
                 format!("rename: {err}"),
             );
         }
-        let actions = self.engine.finish(now, grant.lease, holder, true);
+        let actions = self
+            .engine
+            .finish(now, grant.lease, holder, Outcome::Committed);
         if let (Some(lease), Some(connection)) =
             (request.lease, self.connections.get_mut(&request.conn))
         {
@@ -652,7 +663,7 @@ impl State {
                                         now,
                                         grant.lease,
                                         holder,
-                                        false,
+                                        Outcome::Read,
                                     ));
                                     reply
                                 }
