@@ -248,7 +248,7 @@ fn check_dead_mounts(mountinfo: &str, dead: &[PathBuf]) -> Vec<Check> {
                 Level::Fail,
                 NAME,
                 format!(
-                    "{} is dead: its daemon is gone and every access fails with ENOTCONN",
+                    "{} is dead: its daemon is gone and every access fails (ENOTCONN, ECONNABORTED)",
                     dir.display()
                 ),
                 format!(

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::cycle::Cycle;
-use common::{LOCKFS, MountGuard, lockfs, state_dir, wait_until};
+use common::{LOCKFS, MountGuard, is_dead_mount_error, lockfs, state_dir, wait_until};
 
 fn status_json(dir: &Path) -> serde_json::Value {
     let output = lockfs(&["status", "--json", dir.to_str().unwrap()]);
@@ -87,8 +87,7 @@ fn doctor_reports_a_dead_mount_and_the_command_that_clears_it() {
     assert!(wait_until(Duration::from_secs(10), || {
         std::fs::metadata(&state)
             .err()
-            .and_then(|e| e.raw_os_error())
-            == Some(libc::ENOTCONN)
+            .is_some_and(|e| is_dead_mount_error(&e))
     }));
     let doctor = Command::new(LOCKFS).arg("doctor").output().unwrap();
     let said = String::from_utf8_lossy(&doctor.stdout);

@@ -15,6 +15,16 @@ pub struct LockfsMount {
     pub user_id: Option<u32>,
 }
 
+/// Whether `err`, from an access to a FUSE mount, says its daemon is gone: ENOTCONN once
+/// the kernel has aborted the connection, or ECONNABORTED for a request that raced the
+/// abort (the kernel answers either right after the daemon dies).
+pub fn is_dead_mount_error(err: &std::io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+    )
+}
+
 /// The lockfs mounts in mountinfo `text` (the format of `/proc/self/mountinfo`).
 pub fn parse_mountinfo(text: &str) -> Vec<LockfsMount> {
     text.lines().filter_map(parse_line).collect()
@@ -124,6 +134,24 @@ mod tests {
         );
         assert_eq!(mounts[0].user_id, Some(1000));
         assert_eq!(mounts[0].device, libc::makedev(0, 52));
+    }
+
+    #[test]
+    fn enotconn_and_econnaborted_mean_a_dead_mount() {
+        use std::io::{Error, ErrorKind};
+        assert!(is_dead_mount_error(&Error::from_raw_os_error(
+            libc::ENOTCONN
+        )));
+        assert!(is_dead_mount_error(&Error::from_raw_os_error(
+            libc::ECONNABORTED
+        )));
+        for errno in [libc::ENOENT, libc::EACCES, libc::EIO, libc::ECONNREFUSED] {
+            assert!(!is_dead_mount_error(&Error::from_raw_os_error(errno)));
+        }
+        assert!(!is_dead_mount_error(&Error::new(
+            ErrorKind::TimedOut,
+            "no answer from the mount"
+        )));
     }
 
     #[test]

@@ -46,7 +46,8 @@ fn is_root() -> bool {
 }
 
 /// `mount_dir` made absolute with its parent resolved. The mount point itself is not
-/// stat'ed unless it is a symlink, so this works on a dead mount (which answers ENOTCONN).
+/// stat'ed unless it is a symlink, so this works on a dead mount (which answers ENOTCONN
+/// or ECONNABORTED).
 pub fn canonical_mount_dir(mount_dir: &Path) -> PathBuf {
     let absolute = lexically_absolute(mount_dir);
     let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name()) else {

@@ -6,16 +6,15 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::control::mounts::{LockfsMount, parse_mountinfo};
+use crate::control::mounts::{LockfsMount, is_dead_mount_error, parse_mountinfo};
 
-/// The lockfs mounts in `mountinfo` whose mount point answers `stat` with ENOTCONN: the
-/// daemon is gone and the kernel keeps the mount until it is detached.
+/// The lockfs mounts in `mountinfo` whose mount point answers `stat` with ENOTCONN or
+/// ECONNABORTED ([`is_dead_mount_error`]): the daemon is gone and the kernel keeps the
+/// mount until it is detached.
 pub fn dead_mounts(mountinfo: &str, stat: impl Fn(&Path) -> io::Result<()>) -> Vec<PathBuf> {
     parse_mountinfo(mountinfo)
         .into_iter()
-        .filter(|mount| {
-            matches!(stat(&mount.mount_point), Err(err) if err.raw_os_error() == Some(libc::ENOTCONN))
-        })
+        .filter(|mount| matches!(stat(&mount.mount_point), Err(err) if is_dead_mount_error(&err)))
         .map(|mount| mount.mount_point)
         .collect()
 }
@@ -124,17 +123,25 @@ mod tests {
     use crate::control::mounts::SAMPLE_MOUNTINFO;
 
     #[test]
-    fn enotconn_marks_a_mount_dead() {
+    fn enotconn_or_econnaborted_marks_a_mount_dead() {
         let dead = dead_mounts(SAMPLE_MOUNTINFO, |path| {
             if path == Path::new("/tmp/with space") {
                 Err(io::Error::from_raw_os_error(libc::ENOTCONN))
+            } else if path == Path::new("/home/ann/.openclaw") {
+                Err(io::Error::from_raw_os_error(libc::ECONNABORTED))
             } else if path == Path::new("/home/ann/.openclaw/inner") {
                 Err(io::Error::from_raw_os_error(libc::EACCES))
             } else {
                 Ok(())
             }
         });
-        assert_eq!(dead, vec![PathBuf::from("/tmp/with space")]);
+        assert_eq!(
+            dead,
+            vec![
+                PathBuf::from("/home/ann/.openclaw"),
+                PathBuf::from("/tmp/with space")
+            ]
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use clap::Args;
 
+use crate::control::mounts::is_dead_mount_error;
 use crate::options::LeaseOptions;
 use crate::sys;
 
@@ -122,8 +123,7 @@ pub fn unmount_command(args: UnmountArgs) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     }
-    let daemon_gone =
-        matches!(std::fs::metadata(&dir), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+    let daemon_gone = matches!(std::fs::metadata(&dir), Err(e) if is_dead_mount_error(&e));
     if daemon_gone {
         mounts::unmount(&dir, true)?;
         eprintln!(
@@ -153,7 +153,7 @@ fn checked_mount_dir(dir: &Path) -> anyhow::Result<PathBuf> {
             dir.display(),
             dir.display()
         ),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+        Err(e) if is_dead_mount_error(&e) => bail!(
             "{} is a lockfs mount whose daemon died; run `lockfs unmount {}` first",
             dir.display(),
             dir.display()

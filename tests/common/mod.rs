@@ -146,6 +146,15 @@ pub fn read_pid(pid_file: &Path) -> u32 {
         .expect("a pid")
 }
 
+/// Whether `err` is what a mount whose daemon died answers: ENOTCONN, or ECONNABORTED for
+/// an access that races the kernel's abort of the connection.
+pub fn is_dead_mount_error(err: &std::io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+    )
+}
+
 /// Whether process `pid` still exists (and is not a zombie).
 pub fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
