@@ -117,7 +117,7 @@ pub enum Outcome {
     Removed,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(super) enum Mode {
     Exclusive {
         holder: Holder,
@@ -133,7 +133,7 @@ pub(super) enum Mode {
     },
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Lease {
     pub(super) id: LeaseId,
     pub(super) mode: Mode,
@@ -151,7 +151,7 @@ pub(super) struct Lease {
     pub(super) passed: bool,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Waiter {
     pub(super) id: WaitId,
     pub(super) holder: Holder,
@@ -160,7 +160,7 @@ pub(super) struct Waiter {
     pub(super) deadline: Duration,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct Entry {
     pub(super) generation: u64,
     pub(super) lease: Option<Lease>,
@@ -209,6 +209,7 @@ const SEEN_PRUNE_AT: usize = 4096;
 const SEEN_HORIZON: Duration = Duration::from_secs(600);
 
 /// Per-file FIFO leases. `K` names a file (a path, or a parent inode and a name).
+#[derive(Clone)]
 pub struct Engine<K> {
     pub(super) policy: Policy,
     pub(super) entries: HashMap<K, Entry>,
@@ -288,9 +289,31 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             generation: commits,
             ..Entry::default()
         });
+        // A thread blocked in a request cannot ask again: a read while the same process
+        // already waits for this file is another thread's, a second cycle.
+        let ask = Ask {
+            concurrent: ask.concurrent
+                || (ask.intent == Intent::Read
+                    && entry.queue.iter().any(|waiter| {
+                        waiter.holder == holder && waiter.ask.intent == Intent::Read
+                    })),
+            ..ask
+        };
         if let Some(lease) = entry.lease.as_ref()
             && joins(lease, holder, &ask)
         {
+            let own = matches!(lease.mode, Mode::Exclusive { holder: h, .. } if h == holder);
+            // A child joining its parent's cycle with a save of its own older view.
+            let stale = ask.intent == Intent::Write
+                && !own
+                && self
+                    .view_of(now, key, holder, ask.replaces)
+                    .is_some_and(|view| view < self.generation(key));
+            if stale {
+                self.counters.fenced_commits += 1;
+                self.close_view(key, holder);
+                return Admission::Fenced;
+            }
             return self.join(now, key, holder, ask.intent);
         }
         let free = entry.lease.is_none() && entry.queue.is_empty();
@@ -300,7 +323,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 entry.lease.as_ref().map(|lease| &lease.mode),
                 Some(Mode::Shared { .. })
             );
-        if ask.intent == Intent::Write && self.out_of_date(now, key, holder, ask.replaces) {
+        if ask.intent == Intent::Write && self.out_of_date(now, key, holder, &ask) {
             self.counters.fenced_commits += 1;
             self.teach_late_save(now, key, holder);
             self.close_view(key, holder);
@@ -385,10 +408,18 @@ impl<K: Clone + Eq + Hash> Engine<K> {
 
     /// Whether a write from `holder`, outside any lease of its own, is built on an older
     /// view of the file than the file.
-    fn out_of_date(&self, now: Duration, key: &K, holder: Holder, replaces: bool) -> bool {
+    /// A child with no view of its own (the `mv` of a shell whose `sed` read the file) is
+    /// judged on its parent's recent unsaved view.
+    fn out_of_date(&self, now: Duration, key: &K, holder: Holder, ask: &Ask) -> bool {
         let generation = self.generation(key);
-        self.view_of(now, key, holder, replaces)
-            .is_some_and(|view| view < generation)
+        let own = self.view_of(now, key, holder, ask.replaces);
+        let parents = || {
+            let parent = ask.family[0]?;
+            let seen = self.seen.get(&(key.clone(), parent))?;
+            let recent = now.saturating_sub(seen.at) <= self.policy.max_hold;
+            (recent && !seen.committed && !seen.absent).then_some(seen.generation)
+        };
+        own.or_else(parents).is_some_and(|view| view < generation)
     }
 
     /// What `holder` last saw of `key` outside a lease (an absence counts for a rename
@@ -540,23 +571,31 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         }
     }
 
-    /// The view of a read that starts a cycle. A re-read shortly after the process's own
-    /// cycle ended without a save keeps that cycle's older view: the save it is building
-    /// may rest on the first read, and a re-read must never launder it.
+    /// The view of a read that starts a cycle. A re-read after the process's own cycle
+    /// ended without a save (its linger ran out, or it was revoked) keeps that cycle's
+    /// older view: the save it is building may rest on the first read, and a re-read must
+    /// never launder it. A process that has shown itself a reader (read-only cycles in a
+    /// row), or that comes back after the maximum hold, reads afresh.
     fn view_for_new_read(&self, now: Duration, key: &K, holder: Holder, generation: u64) -> u64 {
+        let streak = self
+            .read_streaks
+            .get(&(key.clone(), holder))
+            .copied()
+            .unwrap_or(0);
         match self.seen.get(&(key.clone(), holder)) {
             Some(seen)
                 if !seen.committed
-                    && now.saturating_sub(seen.at) <= self.policy.max_linger
-                    && seen.generation < generation =>
+                    && !seen.absent
+                    && streak < READER_STREAK
+                    && now.saturating_sub(seen.at) <= self.policy.max_hold =>
             {
-                seen.generation
+                seen.generation.min(generation)
             }
             _ => generation,
         }
     }
 
-    fn note_seen(&mut self, key: &K, holder: Holder, seen: Seen) {
+    pub(super) fn note_seen(&mut self, key: &K, holder: Holder, seen: Seen) {
         if self.seen.insert((key.clone(), holder), seen).is_none() {
             entry_seen_by(&mut self.entries, key, 1);
         }
@@ -1013,7 +1052,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             let lease_now = entry.lease.is_some();
             if !lease_now
                 && waiter.ask.intent == Intent::Write
-                && self.out_of_date(now, key, waiter.holder, waiter.ask.replaces)
+                && self.out_of_date(now, key, waiter.holder, &waiter.ask)
             {
                 self.counters.fenced_commits += 1;
                 actions.push(Action::Fenced { wait: waiter.id });

@@ -6,7 +6,7 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use super::Holder;
-use super::engine::{Action, Engine, Lease, Mode, WaitId, entry_seen_by};
+use super::engine::{Action, Engine, Lease, Mode, Seen, WaitId, entry_seen_by};
 
 impl<K: Clone + Eq + Hash> Engine<K> {
     /// Ties `holder`'s lease on the temp file `temp` to its read cycle on `to`: the temp
@@ -161,6 +161,24 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             self.grant_waiters(now, &key, &mut actions);
         }
         self.read_streaks.retain(|(_, h), _| *h != holder);
+        if let Some(parent) = parent {
+            // What the exiting process read and did not save goes with its cycles.
+            let unsaved: Vec<(K, Seen)> = self
+                .seen
+                .iter()
+                .filter(|((_, h), seen)| *h == holder && !seen.committed && !seen.absent)
+                .map(|((key, _), seen)| (key.clone(), *seen))
+                .collect();
+            for (key, seen) in unsaved {
+                let older = self
+                    .seen
+                    .get(&(key.clone(), parent))
+                    .is_none_or(|mine| mine.committed || mine.at <= seen.at);
+                if older {
+                    self.note_seen(&key, parent, seen);
+                }
+            }
+        }
         let entries = &mut self.entries;
         self.seen.retain(|(key, h), _| {
             if *h == holder {

@@ -23,4 +23,6 @@ pub use view::{Counters, EndReason, HolderView, LeaseState, LeaseView, WaiterVie
 pub type Holder = crate::platform::ProcessId;
 
 #[cfg(test)]
+mod model;
+#[cfg(test)]
 mod tests;

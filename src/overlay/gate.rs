@@ -665,12 +665,12 @@ impl Gate {
                 tracing::debug!(path = %self.path_of(&key), pid = process.pid, "reader exited");
                 continue;
             }
-            let passed = engine_holds(&self.engine.lock(), &key, parent);
-            let reason = if passed {
-                "its cycle passes to its parent process (the shell of a pipeline)"
-            } else {
-                "its lease passes to the next in line; the file keeps its last commit"
-            };
+            if engine_holds(&self.engine.lock(), &key, parent) {
+                // The normal end of a shell pipeline's reader: not worth a warning.
+                tracing::debug!(path = %self.path_of(&key), pid = process.pid, "cycle passed to the parent process");
+                continue;
+            }
+            let reason = "its lease passes to the next in line; the file keeps its last commit";
             events::holder_died_mid_cycle(&self.path_of(&key), process, Some(&command), reason);
         }
         self.commands.lock().remove(&process);

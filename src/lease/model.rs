@@ -1,0 +1,377 @@
+//! An exhaustive check of the engine: every interleaving of three processes running
+//! real programs' cycles on one file, with time passing and a kill at any point.
+//!
+//! - P0 reads, re-reads from the same thread (conf, git), then saves (rename, locked).
+//! - P1 runs two cycles at once on two threads (`Promise.all`): read, save; read, save.
+//! - P2 is a shell pipeline: its child reads and exits, another child renames the temp.
+//!
+//! The checker explores depth-first, cloning the engine at each branch. It asserts, for
+//! every interleaving: no acknowledged save was built on a read older than the file (a
+//! cycle's base is its first read); no request that holds a kernel lock is parked and no
+//! process waits for its own sequential re-open; and every parked request is answered
+//! (granted, fenced, or timed out at the maximum wait) once time runs on.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::*;
+
+const P0: Holder = Holder {
+    pid: 10,
+    start_time: 1,
+};
+const P1: Holder = Holder {
+    pid: 11,
+    start_time: 1,
+};
+const SHELL: Holder = Holder {
+    pid: 12,
+    start_time: 1,
+};
+const SED: Holder = Holder {
+    pid: 13,
+    start_time: 2,
+};
+const MV: Holder = Holder {
+    pid: 14,
+    start_time: 3,
+};
+
+const KEY: &str = "store.json";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    /// Open for reading (`reopen`: the process has it open on this thread already).
+    Read { reopen: bool },
+    /// Close every handle of this actor, then rename a temp onto the file.
+    Save,
+    /// The process exits (its parent lives on).
+    Exit,
+}
+
+#[derive(Clone, Debug)]
+struct Actor {
+    process: Holder,
+    /// Whose child this actor's process is (for the shell's children).
+    family: [Option<Holder>; 2],
+    /// The other actor of the same process running at the same time (P1's threads).
+    sibling_thread: Option<usize>,
+    program: Vec<(Holder, Op)>,
+    next: usize,
+    /// Granted uses of this actor, ended at its save.
+    uses: Vec<LeaseId>,
+    /// The generation its cycle's first read saw.
+    base: Option<u64>,
+    waiting: Option<WaitId>,
+    dead: bool,
+}
+
+#[derive(Clone)]
+struct World {
+    engine: Engine<&'static str>,
+    actors: Vec<Actor>,
+    now: Duration,
+    ticks_left: u32,
+    kill_left: bool,
+    /// Answers for parked requests: wait -> (actor, granted lease or refused).
+    answered: HashMap<WaitId, Option<Grant>>,
+    /// What happened so far, printed when a promise breaks.
+    log: Vec<String>,
+}
+
+fn policy() -> Policy {
+    Policy {
+        linger: Duration::from_millis(50),
+        max_linger: Duration::from_millis(200),
+        linger_gap_factor: 4,
+        max_hold: Duration::from_millis(2000),
+        max_wait: Duration::from_millis(5000),
+    }
+}
+
+fn actors() -> Vec<Actor> {
+    let actor = |process, family, sibling_thread, program: Vec<(Holder, Op)>| Actor {
+        process,
+        family,
+        sibling_thread,
+        program,
+        next: 0,
+        uses: Vec::new(),
+        base: None,
+        waiting: None,
+        dead: false,
+    };
+    vec![
+        actor(
+            P0,
+            [None, None],
+            None,
+            vec![
+                (P0, Op::Read { reopen: false }),
+                (P0, Op::Read { reopen: true }),
+                (P0, Op::Save),
+            ],
+        ),
+        actor(
+            P1,
+            [None, None],
+            Some(2),
+            vec![(P1, Op::Read { reopen: false }), (P1, Op::Save)],
+        ),
+        actor(
+            P1,
+            [None, None],
+            Some(1),
+            vec![(P1, Op::Read { reopen: false }), (P1, Op::Save)],
+        ),
+        actor(
+            SED,
+            [Some(SHELL), None],
+            None,
+            vec![
+                (SED, Op::Read { reopen: false }),
+                (SED, Op::Exit),
+                (MV, Op::Save),
+            ],
+        ),
+    ]
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            engine: Engine::new(policy()),
+            actors: actors(),
+            now: Duration::ZERO,
+            ticks_left: 2,
+            kill_left: true,
+            answered: HashMap::new(),
+            log: Vec::new(),
+        }
+    }
+
+    fn apply(&mut self, actions: Vec<Action<&'static str>>) {
+        for action in actions {
+            match action {
+                Action::Granted { wait, grant } => {
+                    self.answered.insert(wait, Some(grant));
+                }
+                Action::Fenced { wait }
+                | Action::TimedOut { wait }
+                | Action::Abandoned { wait } => {
+                    self.answered.insert(wait, None);
+                }
+                Action::Revoked { .. } => {}
+            }
+        }
+        // Hand answers to the actors that wait for them.
+        for actor in &mut self.actors {
+            let Some(wait) = actor.waiting else {
+                continue;
+            };
+            match self.answered.get(&wait) {
+                Some(Some(grant)) => {
+                    actor.uses.push(grant.lease);
+                    actor.base.get_or_insert(grant.generation);
+                    actor.waiting = None;
+                    actor.next += 1;
+                }
+                Some(None) => {
+                    // Refused: this cycle ends unacknowledged.
+                    actor.waiting = None;
+                    actor.next = actor.program.len();
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn can_step(&self, index: usize) -> bool {
+        let actor = &self.actors[index];
+        !actor.dead && actor.waiting.is_none() && actor.next < actor.program.len()
+    }
+
+    fn step(&mut self, index: usize) {
+        let now = self.now;
+        let (process, op) = self.actors[index].program[self.actors[index].next];
+        self.log.push(format!(
+            "t={:?} actor {index} pid {} {op:?}",
+            now, process.pid
+        ));
+        match op {
+            Op::Read { reopen } => {
+                let concurrent = self.actors[index]
+                    .sibling_thread
+                    .is_some_and(|other| !self.actors[other].uses.is_empty())
+                    && self.actors[index].uses.is_empty();
+                let ask = Ask {
+                    family: self.actors[index].family,
+                    concurrent,
+                    ..Ask::new(Intent::Read)
+                };
+                match self.engine.request(now, &KEY, process, ask) {
+                    Admission::Granted(grant) => {
+                        let actor = &mut self.actors[index];
+                        actor.uses.push(grant.lease);
+                        actor.base.get_or_insert(grant.generation);
+                        actor.next += 1;
+                    }
+                    Admission::Queued(wait) => {
+                        let holder = self.engine.holders_of(&KEY).first().copied();
+                        assert!(
+                            concurrent || holder != Some(process),
+                            "a process waited for itself (re-open: {reopen})"
+                        );
+                        self.actors[index].waiting = Some(wait);
+                    }
+                    Admission::Fenced | Admission::OutOfTurn => {
+                        panic!("a read was refused")
+                    }
+                }
+            }
+            Op::Save => {
+                let uses = std::mem::take(&mut self.actors[index].uses);
+                let owner = self.actors[index].program[0].0;
+                for lease in uses {
+                    let actions = self.engine.finish(now, lease, owner, Outcome::Read);
+                    self.apply(actions);
+                }
+                let ask = Ask {
+                    family: [Some(SHELL), None].map(|h| h.filter(|_| process == MV)),
+                    locked: true,
+                    replaces: true,
+                    ..Ask::new(Intent::Write)
+                };
+                let before = self.engine.generation(&KEY);
+                let acknowledged = match self.engine.request(now, &KEY, process, ask) {
+                    Admission::Granted(grant) => {
+                        let actions =
+                            self.engine
+                                .finish(now, grant.lease, process, Outcome::Committed);
+                        self.apply(actions);
+                        true
+                    }
+                    Admission::OutOfTurn => {
+                        self.engine.commit_out_of_turn(now, &KEY, process, true);
+                        true
+                    }
+                    Admission::Fenced => false,
+                    Admission::Queued(_) => panic!("a locked request was parked"),
+                };
+                let actor = &mut self.actors[index];
+                if acknowledged && let Some(base) = actor.base {
+                    assert_eq!(
+                        base,
+                        before,
+                        "an acknowledged save was built on a stale first read:\n{}",
+                        self.log.join("\n")
+                    );
+                }
+                actor.base = None;
+                actor.next += 1;
+            }
+            Op::Exit => {
+                self.actors[index].uses.clear();
+                self.actors[index].next += 1;
+                let actions = self.engine.holder_exited(now, process, Some(SHELL));
+                self.apply(actions);
+            }
+        }
+        self.finish_process_if_done(index);
+    }
+
+    /// A process whose actors are all done exits.
+    fn finish_process_if_done(&mut self, index: usize) {
+        let process = self.actors[index].process;
+        let done = self
+            .actors
+            .iter()
+            .filter(|a| a.process == process)
+            .all(|a| a.next >= a.program.len() && a.waiting.is_none());
+        if done && !self.actors[index].dead {
+            for actor in self.actors.iter_mut().filter(|a| a.process == process) {
+                actor.dead = true;
+            }
+            let last = *self.actors[index].program.last().map(|(h, _)| h).unwrap();
+            let actions = self.engine.holder_exited(self.now, last, None);
+            self.apply(actions);
+        }
+    }
+
+    fn tick(&mut self, by: Duration) {
+        self.now += by;
+        self.log.push(format!("tick to {:?}", self.now));
+        let actions = self.engine.tick(self.now);
+        self.apply(actions);
+    }
+
+    fn kill(&mut self, process: Holder) {
+        self.log.push(format!("kill pid {}", process.pid));
+        for actor in self.actors.iter_mut().filter(|a| a.process == process) {
+            actor.dead = true;
+            actor.waiting = None;
+        }
+        let actions = self.engine.holder_exited(self.now, process, None);
+        self.apply(actions);
+    }
+
+    /// With no more moves, time runs on: every parked request must be answered.
+    fn settle(mut self) {
+        for _ in 0..64 {
+            if self.actors.iter().all(|a| a.waiting.is_none()) {
+                return;
+            }
+            match self.engine.next_deadline() {
+                Some(at) => {
+                    self.now = self.now.max(at);
+                    let actions = self.engine.tick(self.now);
+                    self.apply(actions);
+                }
+                None => break,
+            }
+        }
+        let stuck: Vec<_> = self.actors.iter().filter(|a| a.waiting.is_some()).collect();
+        panic!("parked requests never answered: {stuck:?}");
+    }
+}
+
+fn explore(world: World, leaves: &mut u64) {
+    let mut moved = false;
+    for index in 0..world.actors.len() {
+        if world.can_step(index) {
+            moved = true;
+            let mut next = world.clone();
+            next.step(index);
+            explore(next, leaves);
+        }
+    }
+    if world.ticks_left > 0 && world.actors.iter().any(|a| !a.dead) {
+        // Linger-sized steps: revocation at the maximum hold is checked in tests.rs (a
+        // revoked cycle's rename from a process with a second cycle queued can join that
+        // second cycle: a known gap, see the README).
+        for by in [policy().linger, policy().max_linger] {
+            let mut next = world.clone();
+            next.ticks_left -= 1;
+            next.tick(by);
+            explore(next, leaves);
+        }
+    }
+    if world.kill_left && !world.actors[0].dead {
+        let mut next = world.clone();
+        next.kill_left = false;
+        next.kill(P0);
+        explore(next, leaves);
+    }
+    if !moved {
+        *leaves += 1;
+        world.settle();
+    }
+}
+
+#[test]
+fn every_interleaving_of_three_processes_keeps_the_promises() {
+    let mut leaves = 0;
+    explore(World::new(), &mut leaves);
+    assert!(leaves > 10_000, "explored only {leaves} interleavings");
+    eprintln!("explored {leaves} interleavings");
+}
