@@ -57,6 +57,8 @@ pub struct Held {
     /// A write let through while another process's cycle held the file (it held a
     /// kernel lock and could not wait): no lease of its own.
     pub out_of_turn: bool,
+    /// The kernel's retry of an open this lease was kept for (it can retry only once).
+    pub retried: bool,
 }
 
 impl Held {
@@ -66,6 +68,7 @@ impl Held {
             holder,
             key,
             out_of_turn: false,
+            retried: false,
         }
     }
 }
@@ -320,7 +323,10 @@ impl Gate {
         let retry = self.retries.lock().remove(&(caller.pid, key.clone()));
         if let Some((held, _)) = retry {
             tracing::trace!(path = %self.path_of(&key), tid = caller.pid, "admit: retry keeps its lease");
-            return run(Ok(held));
+            return run(Ok(Held {
+                retried: true,
+                ..held
+            }));
         }
         self.reap_dead_holders(&key, holder);
         let ask = Ask {

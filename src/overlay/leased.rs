@@ -148,7 +148,12 @@ impl Leased {
             replaces: false,
         };
         self.with_lease(ask, reply, move |core, gate, held, reply| {
-            if !gate.still_named(&held.key, &inode) {
+            // A retried read whose name was replaced again meanwhile (a blind save went
+            // ahead out of turn) opens the version the kernel found, as natively: the
+            // kernel retries only once, and that version is complete. Its cycle's save
+            // is fenced if it comes.
+            let reread_old = held.retried && intent == Intent::Read;
+            if !reread_old && !gate.still_named(&held.key, &inode) {
                 // Replaced while this open waited: the kernel retries the lookup on
                 // ESTALE, and the retry continues this same lease.
                 tracing::trace!(
