@@ -359,6 +359,26 @@ impl Overlay {
         Ok(self.register(inode, flags, caller, file))
     }
 
+    /// Creates `parent/name` empty as the caller, with the permission bits of `like` (an
+    /// open with O_CREAT whose name vanished while it waited: the kernel's retry then
+    /// finds the file, as its own O_CREAT would have made it). EEXIST is not an error.
+    pub fn precreate(&self, caller: Caller, parent: u64, name: &OsStr, like: &Inode) -> OpResult<()> {
+        let dir = self.inode(parent)?;
+        let cname = sys::cstr(name).map_err(errno)?;
+        let mode = sys::fstat(like.fd()).map_err(errno)?.st_mode & 0o7777;
+        let _creds = FsCredsGuard::become_caller(caller);
+        match sys::openat(
+            dir.fd(),
+            &cname,
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+            mode,
+        ) {
+            Ok(_file) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(errno(e)),
+        }
+    }
+
     /// Creates and opens `parent/name` (O_CREAT, maybe O_EXCL) as the caller.
     pub fn create(
         &self,

@@ -540,12 +540,15 @@ impl Gate {
 
     /// A close(2) of handle `fh` by thread `tid`: a read from another thread of its process
     /// no longer counts as a second cycle.
+    ///
+    /// Never reads /proc: a FLUSH comes from execve's close-on-exec while the exec'ing
+    /// process holds its exec_update_lock, and reading its /proc/PID/stat would wait for
+    /// that lock while the exec waits for this reply (a deadlock seen in the tests). The
+    /// thread cache says which process a known thread belongs to.
     pub fn flushed(&self, fh: u64, tid: u32) {
-        let Ok(process) = self.process_of_thread(tid) else {
-            return;
-        };
+        let cached = self.threads.lock().get(&tid).map(|(process, _)| *process);
         if let Some(lease) = self.handle_leases.lock().get_mut(&fh)
-            && lease.held.holder == process
+            && (lease.tid == tid || cached == Some(lease.held.holder))
         {
             lease.flushed = true;
         }
@@ -605,12 +608,14 @@ impl Gate {
         let Some(exits) = self.exits.get() else {
             return;
         };
-        let mut commands = self.commands.lock();
-        if commands.contains_key(&process) {
+        if self.commands.lock().contains_key(&process) {
             return;
         }
-        commands.insert(process, platform::command_line(process.pid));
-        drop(commands);
+        // Read outside the lock: /proc of a process in execve can block for a while.
+        let command = platform::command_line(process.pid);
+        if self.commands.lock().insert(process, command).is_some() {
+            return;
+        }
         if exits.watch(process).is_err() {
             self.process_exited(process);
         }

@@ -160,6 +160,13 @@ impl Leased {
                     tid = caller.pid,
                     "replaced while waiting: ESTALE for a retry"
                 );
+                if flags & libc::O_TRUNC != 0 && intent != Intent::Read {
+                    // The name vanished (a shared temp renamed into place): make the file
+                    // its `> name` would have made now, inside the rename that freed this
+                    // lease, so no other creator finds the name missing in between. The
+                    // kernel strips O_CREAT from OPEN, so O_TRUNC stands for it.
+                    let _ = core.precreate(caller, held.key.0, &held.key.1, &inode);
+                }
                 gate.keep_for_retry(caller.pid, &held);
                 return reply.error(Errno::ESTALE);
             }

@@ -22,7 +22,9 @@ use super::protocol::{
     ErrorCode, Event, MAX_LINE_BYTES, PROTOCOL_VERSION, Reply, Request, WireIntent, parse_request,
     to_line,
 };
-use crate::lease::{Action, Admission, Engine, Grant, Intent, LeaseId, Outcome, Policy, WaitId};
+use crate::lease::{
+    Action, Admission, Ask, Engine, Grant, Intent, LeaseId, Outcome, Policy, WaitId,
+};
 use crate::platform::{self, ExitWatch, ProcessId};
 
 type ConnId = u64;
@@ -341,9 +343,10 @@ impl State {
             Err(reply) => return Some(reply.with_id(id)),
         };
         let append = intent == WireIntent::Append;
-        // Read and write both start a new cycle: a cycle of the same process queues behind
-        // its own open one, so two cycles (two connections, or two tasks sharing one) of one
-        // process never share a lease. A commit later joins the cycle as a write.
+        // Read and write both start (or rejoin) a cycle. The process's sequential re-read
+        // joins its own cycle; a read while it still holds an unreleased use of the file
+        // is a second cycle (two tasks of one process) and queues behind the first, as
+        // the overlay does for a second thread. A commit later joins the cycle as a write.
         let engine_intent = if append { Intent::Append } else { Intent::Read };
         let holder = self.holder(conn);
         let now = self.now();
@@ -351,8 +354,19 @@ impl State {
         connection
             .uses
             .retain(|_, taken| !(taken.released && taken.key == key));
-        let wait = wait_ms.map(Duration::from_millis);
-        match self.engine.acquire(now, &key, holder, engine_intent, wait) {
+        let concurrent = !append
+            && self
+                .connections
+                .values()
+                .filter(|other| other.holder == holder)
+                .flat_map(|other| other.uses.values())
+                .any(|taken| taken.key == key && !taken.released && !taken.append);
+        let ask = Ask {
+            concurrent,
+            max_wait: wait_ms.map(Duration::from_millis),
+            ..Ask::new(engine_intent)
+        };
+        match self.engine.request(now, &key, holder, ask) {
             Admission::Granted(grant) => Some(self.grant_use(conn, id, key, append, grant)),
             Admission::Queued(wait) => {
                 self.park(
