@@ -124,10 +124,13 @@ if [[ -n "$only" ]]; then
     done
 fi
 
-# npm libraries for S7 (write-file-atomic) and the proper-lockfile writer.
+# npm libraries for S7 (write-file-atomic) and the S14 rows (conf, configstore, ...).
 need_npm=0
-for s in S7-wfa S14-conf S14-configstore S14-write-json-file S14-keyv-file; do
-    if selected "$s"; then need_npm=1; fi
+for s in "${SCENARIOS[@]}"; do
+    case "$s" in
+        S7-wfa|S14-conf|S14-configstore*|S14-write-json-file|S14-keyv-file)
+            if selected "$s"; then need_npm=1; fi ;;
+    esac
 done
 if [[ $need_npm -eq 1 ]]; then
     NODE_PATH="$("$here/npm-deps.sh")"

@@ -18,6 +18,7 @@ import dbm.dumb
 import json
 import os
 import shelve
+import signal
 import sys
 import time
 
@@ -25,10 +26,40 @@ import time
 def cycles(directory: str, name: str, writer: str, count: int) -> int:
     path = os.path.join(directory, name)
     commit_log = os.environ.get("LOCKFS_COMMIT_LOG")
-    acknowledged = refused = 0
+    acknowledged = refused = done = 0
     max_ms = 0.0
+    started = None
+
+    def summary() -> None:
+        print(
+            json.dumps(
+                {
+                    "writer": writer,
+                    "done": done,
+                    "acknowledged": acknowledged,
+                    "refused": refused,
+                    "torn": 0,
+                    "max_cycle_ms": round(max_ms),
+                }
+            ),
+            flush=True,
+        )
+
+    def on_term(_signum, _frame):
+        # Killed by race.sh's timeout: the cycle in progress counts toward the longest
+        # cycle, and the summary still goes out.
+        nonlocal max_ms
+        if started is not None:
+            max_ms = max(max_ms, (time.monotonic() - started) * 1000)
+        summary()
+        print(f"py_shelve {writer} (pid {os.getpid()}) killed during cycle {done} (SIGTERM)",
+              file=sys.stderr, flush=True)
+        os._exit(143)
+
+    signal.signal(signal.SIGTERM, on_term)
     for i in range(count):
         key = f"{writer}-{i}"
+        done = i
         started = time.monotonic()
         try:
             db = shelve.Shelf(dbm.dumb.open(path, "c"))
@@ -50,18 +81,9 @@ def cycles(directory: str, name: str, writer: str, count: int) -> int:
                 with open(commit_log, "a", encoding="utf-8") as log:
                     log.write(f"{key}\n")
         max_ms = max(max_ms, (time.monotonic() - started) * 1000)
-    print(
-        json.dumps(
-            {
-                "writer": writer,
-                "done": count,
-                "acknowledged": acknowledged,
-                "refused": refused,
-                "torn": 0,
-                "max_cycle_ms": round(max_ms),
-            }
-        )
-    )
+    started = None
+    done = count
+    summary()
     if refused:
         print(f"py_shelve {writer} failed: {refused} of {count} updates refused", file=sys.stderr)
         return 1

@@ -38,12 +38,34 @@ async function realLoop(label, a, update) {
   let refused = 0;
   let torn = 0;
   let maxMs = 0;
+  let done = 0;
+  let started;
   const tornRead = () => {
     torn++;
   };
+  const summary = () =>
+    process.stdout.write(
+      JSON.stringify({
+        writer: a.id,
+        done,
+        acknowledged,
+        refused,
+        torn,
+        max_cycle_ms: Math.round(maxMs),
+      }) + '\n',
+    );
+  // Killed by race.sh's timeout (SIGTERM): the cycle in progress counts toward the longest
+  // cycle and the summary still goes out (once the event loop gets to run).
+  process.on('SIGTERM', () => {
+    if (started !== undefined) maxMs = Math.max(maxMs, Number(process.hrtime.bigint() - started) / 1e6);
+    summary();
+    process.stderr.write(`${label} (pid ${process.pid}) killed during update ${done} (SIGTERM)\n`);
+    process.exit(143);
+  });
   for (let i = 0; i < a.cycles; i++) {
     const key = `${a.id}-${i}`;
-    const started = process.hrtime.bigint();
+    started = process.hrtime.bigint();
+    done = i;
     try {
       await update(i, key, tornRead);
       acknowledged++;
@@ -59,16 +81,9 @@ async function realLoop(label, a, update) {
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
     if (ms > maxMs) maxMs = ms;
   }
-  process.stdout.write(
-    JSON.stringify({
-      writer: a.id,
-      done: a.cycles,
-      acknowledged,
-      refused,
-      torn,
-      max_cycle_ms: Math.round(maxMs),
-    }) + '\n',
-  );
+  started = undefined;
+  done = a.cycles;
+  summary();
   if (refused > 0) {
     process.stderr.write(`${label} (pid ${process.pid}) failed: ${refused} of ${a.cycles} updates refused\n`);
     process.exitCode = 1;

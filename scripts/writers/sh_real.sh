@@ -48,7 +48,21 @@ one_cycle() {
     mv "$tmp" "$name" || { echo "mv $tmp $name failed" >&2; return 1; }
 }
 
-acknowledged=0 refused=0 max_us=0
+acknowledged=0 refused=0 max_us=0 t0=""
+summary() {
+    printf '{"writer":"%s","done":%d,"acknowledged":%d,"refused":%d,"torn":0,"max_cycle_ms":%d}\n' \
+        "$id" "$i" "$acknowledged" "$refused" "$((max_us / 1000))"
+}
+# Killed by race.sh's timeout (SIGTERM): the cycle in progress counts toward the
+# longest cycle, and the summary still goes out.
+on_term() {
+    local now=${EPOCHREALTIME/./}
+    if [[ -n "$t0" ]] && (( now - t0 > max_us )); then max_us=$((now - t0)); fi
+    summary
+    echo "sh_real $id (pid $$) killed during cycle $i (SIGTERM)" >&2
+    exit 143
+}
+trap on_term TERM
 for ((i = 0; i < cycles; i++)); do
     key="$id-$i"
     t0=${EPOCHREALTIME/./}
@@ -62,8 +76,8 @@ for ((i = 0; i < cycles; i++)); do
     t1=${EPOCHREALTIME/./}
     if (( t1 - t0 > max_us )); then max_us=$((t1 - t0)); fi
 done
-printf '{"writer":"%s","done":%d,"acknowledged":%d,"refused":%d,"torn":0,"max_cycle_ms":%d}\n' \
-    "$id" "$cycles" "$acknowledged" "$refused" "$((max_us / 1000))"
+t0=""
+summary
 if [[ $refused -gt 0 ]]; then
     echo "sh_real $id failed: $refused of $cycles cycles failed" >&2
     exit 1
