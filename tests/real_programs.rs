@@ -49,12 +49,15 @@ const OP_LIMIT_SECS: f64 = 5.0;
 /// Native runs tried before concluding a row's writers do not race.
 const NATIVE_ATTEMPTS: usize = 3;
 
-/// Runs under lockfs of each S14 row (they take seconds when lockfs is right, and some
-/// failures, such as configstore's on a file not there yet, show in one run of three).
-const S14_RUNS: usize = 3;
+/// Runs under lockfs of each S14 row. They take seconds when lockfs is right, and some
+/// failures show only in some runs (configstore on a file not there yet: 2 of 6 runs
+/// refused an update with ESTALE, one also lost an acknowledged update).
+const S14_RUNS: usize = 5;
 
-/// Runs under lockfs of each S15 row (8 shells x 20 cycles).
-const S15_RUNS: usize = 1;
+/// Runs under lockfs of each S15 row (8 shells x 20 cycles, under a second each when
+/// lockfs is right). The per-writer-temp rows fail only under load: sed lost 70
+/// acknowledged lines in one run of three while the test suite ran.
+const S15_RUNS: usize = 3;
 
 fn row_of(dir: &Path, only: &str) -> RaceRow {
     let report = race_with_timeout(dir, only, ROW_TIMEOUT_SECS);
