@@ -16,8 +16,16 @@ exec 9>"$prefix/.install.lock"
 flock 9
 
 stamp="$prefix/.installed-lock"
-if [[ -d "$prefix/node_modules/write-file-atomic" && -d "$prefix/node_modules/proper-lockfile" ]] \
-    && [[ -f "$stamp" ]] && cmp -s "$stamp" "$here/package-lock.json"; then
+# Every dependency named in package.json must be there, and the lock must be the one
+# installed (a changed package.json or lock reinstalls).
+all_present() {
+    local name
+    for name in $(node -e 'console.log(Object.keys(require(process.argv[1]).dependencies).join(" "))' \
+        "$here/package.json"); do
+        [[ -d "$prefix/node_modules/$name" ]] || return 1
+    done
+}
+if [[ -f "$stamp" ]] && cmp -s "$stamp" "$here/package-lock.json" && all_present; then
     printf '%s\n' "$prefix/node_modules"
     exit 0
 fi

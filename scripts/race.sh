@@ -23,13 +23,25 @@
 # torn/empty reads the writers retried; errors = processes that exited non-zero (their
 # first error line is in notes). S10 has no keys: expected/present/lost are 0 there.
 #
+# The S14 and S15 rows run real programs unmodified (npm conf, configstore,
+# write-json-file, keyv-file; Python shelve on dbm.dumb; shell cycles whose reader is
+# cat, sed, awk or jq, and jq | sponge). Their writers keep going after a failed update,
+# so those rows also carry "acknowledged" (updates whose library call or last shell step
+# returned success), "ack_lost" (acknowledged but missing from the store: a silent loss),
+# "refused" (updates that failed with an error) and "max_cycle_ms" (the longest single
+# cycle). Their counts are the same in --quick and full runs (4 x 25, shells 8 x 20).
+# The S14-shelve row adds one error when the database cannot be opened at the end.
+#
 # Exit status: 0 unless the script itself broke (2) or --strict found a loss (1).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 W="$here/writers"
 
-SCENARIOS=(S1 S1-fssafe S2-K2 S2-K4 S3 S4 S5 S5-pidtmp S6 S7-wfa S7-custom S10)
+SCENARIOS=(S1 S1-fssafe S2-K2 S2-K4 S3 S4 S5 S5-pidtmp S6 S7-wfa S7-custom S10
+    S14-conf S14-configstore S14-configstore-absent S14-write-json-file S14-keyv-file
+    S14-shelve S15-cat-pidtmp S15-cat-shared S15-sed-pidtmp S15-sed-shared S15-awk-pidtmp
+    S15-awk-shared S15-jq-pidtmp S15-jq-shared S15-sponge)
 describe() {
     case "$1" in
         S1) echo "Node processes: readFile, add key, writeFile(<target>.<pid>.<hex>.tmp), rename" ;;
@@ -44,6 +56,21 @@ describe() {
         S7-wfa) echo "Node write-file-atomic (temp <target>.<uint32>, fsync, rename)" ;;
         S7-custom) echo "Node atomic write with temp .swap-<pid>-<hex> (no target name)" ;;
         S10) echo "readers in a loop while a writer replaces the file (no ENOENT, no partial)" ;;
+        S14-conf) echo "npm conf 15: one Conf per process, conf.set() of unique keys" ;;
+        S14-configstore) echo "npm configstore 8, file present: new Configstore() at start, set()" ;;
+        S14-configstore-absent) echo "npm configstore 8, file and its directory absent at start" ;;
+        S14-write-json-file) echo "npm write-json-file 7: readFile, add key, writeJsonFile()" ;;
+        S14-keyv-file) echo "npm keyv 5 + keyv-file: new Keyv per update, await set() (saves 100 ms later, in place)" ;;
+        S14-shelve) echo "Python shelve on dbm.dumb: open, add a key, close" ;;
+        S15-cat-pidtmp) echo "shell: { cat store; echo key; } > store.\$\$.tmp && mv (copy_file_range)" ;;
+        S15-cat-shared) echo "shell: { cat store; echo key; } > store.tmp && mv, one temp name for all" ;;
+        S15-sed-pidtmp) echo 'shell: sed "$a key" store > store.$$.tmp && mv' ;;
+        S15-sed-shared) echo 'shell: sed "$a key" store > store.tmp && mv, one temp name for all' ;;
+        S15-awk-pidtmp) echo "shell: awk '{print} END {print k}' store > store.\$\$.tmp && mv" ;;
+        S15-awk-shared) echo "shell: awk ... store > store.tmp && mv, one temp name for all" ;;
+        S15-jq-pidtmp) echo 'shell: jq ". + {($k): 1}" store.json > store.json.$$.tmp && mv' ;;
+        S15-jq-shared) echo "shell: jq ... store.json > store.json.tmp && mv, one temp name for all" ;;
+        S15-sponge) echo "shell: jq ... store.json | sponge store.json (reader and in-place writer)" ;;
     esac
 }
 
@@ -60,7 +87,7 @@ while [[ $# -gt 0 ]]; do
         --only=*) only="${1#--only=}" ;;
         --timeout) timeout_s="${2:?--timeout needs seconds}"; shift ;;
         --list)
-            for s in "${SCENARIOS[@]}"; do printf '%-10s %s\n' "$s" "$(describe "$s")"; done
+            for s in "${SCENARIOS[@]}"; do printf '%-23s %s\n' "$s" "$(describe "$s")"; done
             exit 0 ;;
         -h|--help) usage; exit 0 ;;
         -*) echo "race.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -97,9 +124,14 @@ if [[ -n "$only" ]]; then
     done
 fi
 
-# npm libraries for S7 (write-file-atomic) and the proper-lockfile writer.
+# npm libraries for S7 (write-file-atomic) and the S14 rows (conf, configstore, ...).
 need_npm=0
-if selected S7-wfa; then need_npm=1; fi
+for s in "${SCENARIOS[@]}"; do
+    case "$s" in
+        S7-wfa|S14-conf|S14-configstore*|S14-write-json-file|S14-keyv-file)
+            if selected "$s"; then need_npm=1; fi ;;
+    esac
+done
 if [[ $need_npm -eq 1 ]]; then
     NODE_PATH="$("$here/npm-deps.sh")"
     export NODE_PATH
@@ -165,11 +197,19 @@ begin() {
 }
 
 # finish WRITERS [COUNT_ARGS...]: count survivors, record the row, remove the store dir.
+# After begin_acked, the count also checks the writers' acknowledged keys.
 finish() {
     local writers=$1; shift
     local count="" secs
     secs=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
-    if [[ $# -gt 0 ]]; then count="$(node "$W/count.js" "$@")"; fi
+    if [[ $# -gt 0 ]]; then
+        if [[ -n "${LOCKFS_COMMIT_LOG:-}" ]]; then
+            count="$(node "$W/count.js" "$@" --acked "$LOCKFS_COMMIT_LOG")"
+        else
+            count="$(node "$W/count.js" "$@")"
+        fi
+    fi
+    unset LOCKFS_COMMIT_LOG
     node "$W/report.js" add "$results" --scenario "$name" --description "$(describe "$name")" \
         --writers "$writers" --logs "$logs" --seconds "$secs" ${count:+--count "$count"}
     if [[ $keep -eq 0 ]]; then rm -rf -- "$sdir"; fi
@@ -288,6 +328,71 @@ run_S10() {
     reap
     finish 3
 }
+
+# begin_acked NAME: begin, and have the writers log each acknowledged update (the
+# real-program writers go on after a failure, so acknowledged and present can differ).
+begin_acked() {
+    begin "$1"
+    export LOCKFS_COMMIT_LOG="$logs/acknowledged.log"
+    : > "$LOCKFS_COMMIT_LOG"
+}
+
+# S14: real npm libraries, 4 processes x 25 updates.
+real_node() { # real_node NAME WRITER_SCRIPT STORE_RELPATH [present|absent] [FORMAT]
+    local name=$1 script=$2 store=$3 initial=${4:-present} format=${5:-json} n=4 m=25 i
+    begin_acked "$name"
+    if [[ $initial == present ]]; then
+        mkdir -p "$(dirname "$sdir/$store")"
+        echo '{}' > "$sdir/$store"
+    fi
+    for ((i = 0; i < n; i++)); do spawn "w$i" node "$W/$script" "$sdir" "$store" "w$i" "$m"; done
+    reap
+    finish "$n" "$sdir/$store" "$format" "$(spec_for w "$n" "$m")"
+}
+run_S14-conf() { real_node S14-conf real_conf.js store.json; }
+run_S14-configstore() { real_node S14-configstore real_configstore.js configstore/store.json; }
+run_S14-configstore-absent() {
+    real_node S14-configstore-absent real_configstore.js configstore/store.json absent
+}
+run_S14-write-json-file() { real_node S14-write-json-file real_write_json_file.js store.json; }
+run_S14-keyv-file() { real_node S14-keyv-file real_keyv_file.js store.json absent keyv; }
+run_S14-shelve() {
+    local n=4 m=25 i
+    begin_acked S14-shelve
+    for ((i = 0; i < n; i++)); do spawn "w$i" python3 "$W/py_shelve.py" "$sdir" state "w$i" "$m"; done
+    reap
+    # Opening the database at the end is part of the row: a database that cannot be
+    # opened is an error (role open-db), and its keys are counted as lines.
+    spawn open-db python3 "$W/py_shelve.py" --keys "$sdir" state "$logs/shelve-keys.txt"
+    reap
+    finish "$n" "$logs/shelve-keys.txt" lines "$(spec_for w "$n" "$m")"
+}
+
+# S15: shell cycles with real readers, 8 shells x 20 cycles.
+real_shell() { # real_shell NAME READER pid|shared
+    local name=$1 reader=$2 style=$3 n=8 m=20 i store=store.txt format=lines
+    begin_acked "$name"
+    if [[ $reader == jq || $reader == sponge ]]; then
+        store=store.json format=json
+        echo '{}' > "$sdir/$store"
+    else
+        echo '# store' > "$sdir/$store"
+    fi
+    for ((i = 0; i < n; i++)); do
+        spawn "w$i" bash "$W/sh_real.sh" "$sdir" "$store" "w$i" "$m" "$reader" "$style"
+    done
+    reap
+    finish "$n" "$sdir/$store" "$format" "$(spec_for w "$n" "$m")"
+}
+run_S15-cat-pidtmp() { real_shell S15-cat-pidtmp cat pid; }
+run_S15-cat-shared() { real_shell S15-cat-shared cat shared; }
+run_S15-sed-pidtmp() { real_shell S15-sed-pidtmp sed pid; }
+run_S15-sed-shared() { real_shell S15-sed-shared sed shared; }
+run_S15-awk-pidtmp() { real_shell S15-awk-pidtmp awk pid; }
+run_S15-awk-shared() { real_shell S15-awk-shared awk shared; }
+run_S15-jq-pidtmp() { real_shell S15-jq-pidtmp jq pid; }
+run_S15-jq-shared() { real_shell S15-jq-shared jq shared; }
+run_S15-sponge() { real_shell S15-sponge sponge shared; }
 
 ran=0
 for s in "${SCENARIOS[@]}"; do

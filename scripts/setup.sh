@@ -18,8 +18,10 @@ set -euo pipefail
 #   python3   S4 writer
 #   stress-ng fio hyperfine  reliability and benchmark runs
 #   util-linux procps coreutils sed  flock, timeout, ps, mv, sed for the scripts
+#   git rsync jq moreutils gawk  real programs as the oracle (S14, S15: tests/real_programs.rs,
+#             scripts/bench-real); moreutils gives sponge
 DEBIAN_PACKAGES=(fuse3 sqlite3 bindfs mergerfs strace python3 stress-ng fio hyperfine
-    util-linux procps coreutils sed)
+    util-linux procps coreutils sed git rsync jq moreutils gawk)
 # Wanted by the packaging tests (systemd-analyze verify of the unit, dpkg-deb for the
 # package); installed when missing, but a machine that refuses them still runs the rest.
 OPTIONAL_PACKAGES=(systemd dpkg-dev)

@@ -6,6 +6,10 @@
 //             [--count COUNT_JSON] [--note TEXT]...
 //   report.js print RESULTS.jsonl table|json [--dir DIR] [--quick 0|1]
 // In DIR each process left ROLE.out (stdout), ROLE.err (stderr) and ROLE.rc (exit code).
+// Rows of writers that keep going after a failed update (the real-program rows) also get
+// "acknowledged" and "ack_lost" (from COUNT_JSON, see count.js --acked), "refused" (sum
+// of the writers' refused updates) and "max_cycle_ms" (the longest single cycle of any
+// writer), taken from the writers' summary lines.
 const fs = require('fs');
 const path = require('path');
 
@@ -23,6 +27,8 @@ function add(file, o) {
   const count = o.count ? JSON.parse(o.count) : { expected: 0, present: 0, lost: 0, torn: 0 };
   let errors = 0;
   let tornReads = 0;
+  let refused;
+  let maxCycleMs;
   const notes = [...o.note];
   const roles = fs
     .readdirSync(o.logs)
@@ -38,6 +44,8 @@ function add(file, o) {
       try {
         const s = JSON.parse(line);
         if (typeof s.torn === 'number') tornReads += s.torn;
+        if (typeof s.refused === 'number') refused = (refused || 0) + s.refused;
+        if (typeof s.max_cycle_ms === 'number') maxCycleMs = Math.max(maxCycleMs || 0, s.max_cycle_ms);
       } catch {
         // not a summary line
       }
@@ -66,6 +74,21 @@ function add(file, o) {
     seconds: Number(o.seconds),
     notes,
   };
+  if (typeof count.acknowledged === 'number') {
+    row.acknowledged = count.acknowledged;
+    row.ack_lost = count.ack_lost;
+    if (count.ack_lost > 0) {
+      notes.push(`${count.ack_lost} acknowledged updates lost silently, e.g. ${count.ack_lost_sample.join(' ')}`);
+    }
+  }
+  if (refused !== undefined) {
+    row.refused = refused;
+    if (refused > 0) notes.push(`${refused} updates refused with an error`);
+  }
+  if (maxCycleMs !== undefined) {
+    row.max_cycle_ms = maxCycleMs;
+    notes.push(`longest cycle ${maxCycleMs} ms`);
+  }
   fs.appendFileSync(file, JSON.stringify(row) + '\n');
 }
 
@@ -84,13 +107,16 @@ function print(file, mode, o) {
     );
     return;
   }
-  const head = ['scenario', 'writers', 'expected', 'present', 'lost', 'torn', 'errors', 'secs'];
+  const head = ['scenario', 'writers', 'expected', 'acked', 'present', 'lost', 'ack-lost', 'torn', 'errors', 'secs'];
+  const acked = (r, field) => (typeof r.acknowledged === 'number' ? String(r[field]) : '-');
   const body = rows.map((r) => [
     r.scenario,
     String(r.writers),
     r.expected ? String(r.expected) : '-',
+    acked(r, 'acknowledged'),
     r.expected ? String(r.present) : '-',
     r.expected ? String(r.lost) : '-',
+    acked(r, 'ack_lost'),
     String(r.torn),
     String(r.errors),
     r.seconds.toFixed(1),

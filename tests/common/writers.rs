@@ -30,6 +30,19 @@ pub struct RaceRow {
     pub errors: u64,
     pub seconds: f64,
     pub notes: Vec<String>,
+    /// Real-program rows (S14, S15) only: updates whose library call or last shell step
+    /// returned success.
+    #[serde(default)]
+    pub acknowledged: Option<u64>,
+    /// Real-program rows only: acknowledged updates missing from the store (silent loss).
+    #[serde(default)]
+    pub ack_lost: Option<u64>,
+    /// Real-program rows only: updates that failed with an error.
+    #[serde(default)]
+    pub refused: Option<u64>,
+    /// Real-program rows only: the longest single cycle of any writer, in ms.
+    #[serde(default)]
+    pub max_cycle_ms: Option<u64>,
 }
 
 impl RaceRow {
@@ -50,6 +63,17 @@ impl RaceRow {
             self.errors,
             self.seconds
         );
+        if let (Some(acked), Some(ack_lost)) = (self.acknowledged, self.ack_lost) {
+            text.push_str(&format!(
+                ", acknowledged {acked}, acknowledged but lost {ack_lost}"
+            ));
+        }
+        if let Some(refused) = self.refused {
+            text.push_str(&format!(", refused {refused}"));
+        }
+        if let Some(ms) = self.max_cycle_ms {
+            text.push_str(&format!(", longest cycle {ms} ms"));
+        }
         for note in &self.notes {
             text.push_str("\n    ");
             text.push_str(note);
@@ -79,10 +103,17 @@ impl RaceReport {
 /// Runs `scripts/race.sh DIR --quick --json --only ONLY` and parses its report. Panics
 /// (with race.sh's stderr) if the script itself broke.
 pub fn race(dir: &Path, only: &str) -> RaceReport {
+    race_with_timeout(dir, only, 240)
+}
+
+/// As `race`, with race.sh killing a scenario's processes after `timeout_secs` (they
+/// then count as errors).
+pub fn race_with_timeout(dir: &Path, only: &str, timeout_secs: u64) -> RaceReport {
+    let timeout = timeout_secs.to_string();
     let output = Command::new("bash")
         .arg(repo_root().join("scripts").join("race.sh"))
         .arg(dir)
-        .args(["--quick", "--json", "--timeout", "240", "--only", only])
+        .args(["--quick", "--json", "--timeout", &timeout, "--only", only])
         .stdin(Stdio::null())
         .output()
         .expect("run scripts/race.sh");
