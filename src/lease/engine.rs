@@ -191,6 +191,9 @@ pub(super) struct Seen {
     pub(super) read_done_at: Option<Duration>,
     /// What was seen is that no file was there (a lookup found nothing).
     pub(super) absent: bool,
+    /// Passed on from a child that exited: it judges the saves of the process's other
+    /// children (the shell's `mv`), not the process's own writes.
+    pub(super) inherited: bool,
 }
 
 pub(super) fn entry_seen_by<K: Eq + Hash>(entries: &mut HashMap<K, Entry>, key: &K, delta: i32) {
@@ -365,9 +368,13 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             && let Mode::Exclusive { holder: h, .. } = &mut lease.mode
             && *h != holder
         {
-            // A child of the shell takes over the cycle its sibling began.
+            // A child of the shell takes over the cycle its sibling began: a write
+            // finishes that cycle on its view; a read begins a cycle of its own.
             *h = holder;
             lease.passed = false;
+            if intent == Intent::Read {
+                lease.view = Some(generation);
+            }
         }
         if intent == Intent::Write && lease.view.is_some_and(|view| view < generation) {
             // Somebody committed out of turn during this cycle.
@@ -427,7 +434,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     fn view_of(&self, _now: Duration, key: &K, holder: Holder, replaces: bool) -> Option<u64> {
         self.seen
             .get(&(key.clone(), holder))
-            .filter(|seen| replaces || !seen.absent)
+            .filter(|seen| (replaces || !seen.absent) && !seen.inherited)
             .map(|seen| seen.generation)
     }
 
@@ -473,6 +480,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 committed: true,
                 read_done_at: None,
                 absent: false,
+                inherited: false,
             },
         );
     }
@@ -501,6 +509,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                     committed: false,
                     read_done_at: Some(now),
                     absent: true,
+                    inherited: false,
                 },
             );
         }
@@ -586,6 +595,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             Some(seen)
                 if !seen.committed
                     && !seen.absent
+                    && !seen.inherited
                     && streak < READER_STREAK
                     && now.saturating_sub(seen.at) <= self.policy.max_hold =>
             {
@@ -732,6 +742,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                     committed: true,
                     read_done_at: None,
                     absent: false,
+                    inherited: false,
                 },
             );
         }
@@ -974,6 +985,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             committed: false,
             read_done_at: read_done_at.or(Some(now)),
             absent: false,
+            inherited: false,
         };
         let holder = *holder;
         self.note_seen(key, holder, seen);

@@ -175,7 +175,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                     .get(&(key.clone(), parent))
                     .is_none_or(|mine| mine.committed || mine.at <= seen.at);
                 if older {
-                    self.note_seen(&key, parent, seen);
+                    let inherited = Seen {
+                        inherited: true,
+                        ..seen
+                    };
+                    self.note_seen(&key, parent, inherited);
                 }
             }
         }

@@ -362,7 +362,13 @@ impl Overlay {
     /// Creates `parent/name` empty as the caller, with the permission bits of `like` (an
     /// open with O_CREAT whose name vanished while it waited: the kernel's retry then
     /// finds the file, as its own O_CREAT would have made it). EEXIST is not an error.
-    pub fn precreate(&self, caller: Caller, parent: u64, name: &OsStr, like: &Inode) -> OpResult<()> {
+    pub fn precreate(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        like: &Inode,
+    ) -> OpResult<()> {
         let dir = self.inode(parent)?;
         let cname = sys::cstr(name).map_err(errno)?;
         let mode = sys::fstat(like.fd()).map_err(errno)?.st_mode & 0o7777;
