@@ -317,7 +317,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 self.close_view(key, holder);
                 return Admission::Fenced;
             }
-            return self.join(now, key, holder, ask.intent);
+            return self.join(key, holder, ask.intent);
         }
         let free = entry.lease.is_none() && entry.queue.is_empty();
         let appends_alongside = ask.intent == Intent::Append
@@ -339,7 +339,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             return Admission::Granted(self.start_lease(now, key, holder, ask.intent));
         }
         if appends_alongside {
-            return self.join(now, key, holder, ask.intent);
+            return self.join(key, holder, ask.intent);
         }
         if !ask.locked {
             return self.enqueue(now, key, holder, ask);
@@ -360,7 +360,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     }
 
     /// Joins the current lease on `key` (checked to admit `holder`).
-    fn join(&mut self, now: Duration, key: &K, holder: Holder, intent: Intent) -> Admission {
+    fn join(&mut self, key: &K, holder: Holder, intent: Intent) -> Admission {
         let entry = self.entries.get_mut(key).expect("entry exists");
         let generation = entry.generation;
         let lease = entry.lease.as_mut().expect("checked by the caller");
@@ -399,7 +399,6 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         if intent == Intent::Read && lease.view.is_none() {
             lease.view = Some(generation);
         }
-        let _ = now;
         Admission::Granted(Grant {
             lease: lease.id,
             generation,
@@ -1042,7 +1041,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     /// Grants the head of the queue while the lease allows (appenders beside an appender,
     /// and waiters that belong to the holder's own cycle), refusing stale writers.
     pub(super) fn grant_waiters(&mut self, now: Duration, key: &K, actions: &mut Vec<Action<K>>) {
-        self.grant_joiners(now, key, actions);
+        self.grant_joiners(key, actions);
         while let Some(entry) = self.entries.get_mut(key) {
             let Some(head) = entry.queue.front() else {
                 break;
@@ -1074,7 +1073,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             self.counters.wait_total_ms += waited;
             self.counters.wait_longest_ms = self.counters.wait_longest_ms.max(waited);
             let answer = if lease_now {
-                self.join(now, key, waiter.holder, waiter.ask.intent)
+                self.join(key, waiter.holder, waiter.ask.intent)
             } else {
                 Admission::Granted(self.start_lease(now, key, waiter.holder, waiter.ask.intent))
             };
@@ -1092,16 +1091,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
 
     /// Waiters that belong to the current cycle (a child's write after its parent took
     /// the cycle over) join it wherever they stand in the queue.
-    fn grant_joiners(&mut self, now: Duration, key: &K, actions: &mut Vec<Action<K>>) {
-        let Some(entry) = self.entries.get_mut(key) else {
-            return;
-        };
-        let Some(lease) = entry.lease.as_ref() else {
-            return;
-        };
-        let _ = lease;
+    fn grant_joiners(&mut self, key: &K, actions: &mut Vec<Action<K>>) {
         loop {
-            let entry = self.entries.get_mut(key).expect("entry exists");
+            let Some(entry) = self.entries.get_mut(key) else {
+                return;
+            };
             let Some(lease) = entry.lease.as_ref() else {
                 return;
             };
@@ -1114,7 +1108,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             };
             let waiter = entry.queue.remove(at).expect("found above");
             self.waiting.remove(&waiter.id);
-            let action = match self.join(now, key, waiter.holder, waiter.ask.intent) {
+            let action = match self.join(key, waiter.holder, waiter.ask.intent) {
                 Admission::Granted(grant) => Action::Granted {
                     wait: waiter.id,
                     grant,
