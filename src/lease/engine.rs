@@ -36,6 +36,10 @@ pub struct Ask {
     /// A rename or link onto the name: a save that may rest on having found the name
     /// missing (a first save). Other writes are not judged on an absence seen.
     pub replaces: bool,
+    /// The requesting thread (0 when the front end cannot tell). A read from another
+    /// thread than the one that read first in the holder's cycle is a second cycle:
+    /// `Promise.all` cycles may close their first read before the next one opens.
+    pub thread: u32,
     /// Overrides the policy's waiter limit.
     pub max_wait: Option<Duration>,
 }
@@ -48,6 +52,7 @@ impl Ask {
             concurrent: false,
             locked: false,
             replaces: false,
+            thread: 0,
             max_wait: None,
         }
     }
@@ -149,6 +154,8 @@ pub(super) struct Lease {
     /// The holder is the parent of the process that began the cycle and exited: the first
     /// of its children to touch the file takes the cycle over.
     pub(super) passed: bool,
+    /// The thread of the cycle's first read (0: unknown).
+    pub(super) reader_thread: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -317,7 +324,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 self.close_view(key, holder);
                 return Admission::Fenced;
             }
-            return self.join(key, holder, ask.intent);
+            return self.join(key, holder, ask.intent, ask.thread);
         }
         let free = entry.lease.is_none() && entry.queue.is_empty();
         let appends_alongside = ask.intent == Intent::Append
@@ -336,10 +343,10 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             if ask.intent == Intent::Write {
                 self.teach_late_save(now, key, holder);
             }
-            return Admission::Granted(self.start_lease(now, key, holder, ask.intent));
+            return Admission::Granted(self.start_lease(now, key, holder, ask.intent, ask.thread));
         }
         if appends_alongside {
-            return self.join(key, holder, ask.intent);
+            return self.join(key, holder, ask.intent, ask.thread);
         }
         if !ask.locked {
             return self.enqueue(now, key, holder, ask);
@@ -360,7 +367,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     }
 
     /// Joins the current lease on `key` (checked to admit `holder`).
-    fn join(&mut self, key: &K, holder: Holder, intent: Intent) -> Admission {
+    fn join(&mut self, key: &K, holder: Holder, intent: Intent, thread: u32) -> Admission {
         let entry = self.entries.get_mut(key).expect("entry exists");
         let generation = entry.generation;
         let lease = entry.lease.as_mut().expect("checked by the caller");
@@ -374,6 +381,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             lease.passed = false;
             if intent == Intent::Read {
                 lease.view = Some(generation);
+                lease.reader_thread = thread;
             }
         }
         if intent == Intent::Write && lease.view.is_some_and(|view| view < generation) {
@@ -398,6 +406,9 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         }
         if intent == Intent::Read && lease.view.is_none() {
             lease.view = Some(generation);
+        }
+        if intent == Intent::Read && lease.reader_thread == 0 {
+            lease.reader_thread = thread;
         }
         Admission::Granted(Grant {
             lease: lease.id,
@@ -540,7 +551,14 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         Admission::Queued(id)
     }
 
-    fn start_lease(&mut self, now: Duration, key: &K, holder: Holder, intent: Intent) -> Grant {
+    fn start_lease(
+        &mut self,
+        now: Duration,
+        key: &K,
+        holder: Holder,
+        intent: Intent,
+        thread: u32,
+    ) -> Grant {
         let id = LeaseId(self.fresh_id());
         let generation = self.entries[key].generation;
         // A read starts the cycle's view; a write by a process that saw the file lately
@@ -571,6 +589,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             ties: Vec::new(),
             tied: false,
             passed: false,
+            reader_thread: if intent == Intent::Read { thread } else { 0 },
         });
         self.active.insert(id, key.clone());
         Grant {
@@ -1073,9 +1092,15 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             self.counters.wait_total_ms += waited;
             self.counters.wait_longest_ms = self.counters.wait_longest_ms.max(waited);
             let answer = if lease_now {
-                self.join(key, waiter.holder, waiter.ask.intent)
+                self.join(key, waiter.holder, waiter.ask.intent, waiter.ask.thread)
             } else {
-                Admission::Granted(self.start_lease(now, key, waiter.holder, waiter.ask.intent))
+                Admission::Granted(self.start_lease(
+                    now,
+                    key,
+                    waiter.holder,
+                    waiter.ask.intent,
+                    waiter.ask.thread,
+                ))
             };
             match answer {
                 Admission::Granted(grant) => actions.push(Action::Granted {
@@ -1108,7 +1133,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             };
             let waiter = entry.queue.remove(at).expect("found above");
             self.waiting.remove(&waiter.id);
-            let action = match self.join(key, waiter.holder, waiter.ask.intent) {
+            let action = match self.join(key, waiter.holder, waiter.ask.intent, waiter.ask.thread) {
                 Admission::Granted(grant) => Action::Granted {
                     wait: waiter.id,
                     grant,
@@ -1125,6 +1150,12 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     }
 }
 
+/// Whether a read by `thread` continues the reads of `lease`'s cycle (same thread, or
+/// a front end that cannot tell threads).
+fn same_reader(lease: &Lease, thread: u32) -> bool {
+    lease.reader_thread == 0 || thread == 0 || lease.reader_thread == thread
+}
+
 /// Whether a request by `holder` joins `lease` instead of queueing behind it: the holder's
 /// own requests (but a read from a second thread while another thread has the file open),
 /// and writes from its children. A temp file's tied lease is joined only by writes (the
@@ -1138,7 +1169,7 @@ fn joins(lease: &Lease, holder: Holder, ask: &Ask) -> bool {
             if lease.tied {
                 writes && (own || family)
             } else {
-                (own && (writes || !ask.concurrent))
+                (own && (writes || (!ask.concurrent && same_reader(lease, ask.thread))))
                     || (family && (writes || (lease.passed && ask.intent == Intent::Read)))
             }
         }

@@ -207,6 +207,7 @@ impl World {
                 let ask = Ask {
                     family: self.actors[index].family,
                     concurrent,
+                    thread: index as u32 + 1,
                     ..Ask::new(Intent::Read)
                 };
                 match self.engine.request(now, &KEY, process, ask) {
@@ -219,8 +220,8 @@ impl World {
                     Admission::Queued(wait) => {
                         let holder = self.engine.holders_of(&KEY).first().copied();
                         assert!(
-                            concurrent || holder != Some(process),
-                            "a process waited for itself (re-open: {reopen})"
+                            !reopen || holder != Some(process),
+                            "a process waited for its own re-open"
                         );
                         self.actors[index].waiting = Some(wait);
                     }

@@ -332,9 +332,14 @@ impl Gate {
         let ask = Ask {
             intent,
             family: self.family_of(holder),
-            concurrent: intent == Intent::Read && self.opened_elsewhere(holder, caller.pid, &key),
+            // Reads from a process's other threads (Node's libuv pool, where `Promise.all`
+            // cycles run and may even share one thread) start cycles of their own; the
+            // main thread's re-reads (sync reads, git, Python, rsync) join its cycle.
+            concurrent: intent == Intent::Read
+                && (caller.pid != holder.pid || self.opened_elsewhere(holder, caller.pid, &key)),
             locked,
             replaces,
+            thread: caller.pid,
             max_wait: None,
         };
         let mut engine = self.engine.lock();
