@@ -644,15 +644,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             }
             keep
         });
-        let idle: Vec<K> = self
-            .entries
-            .iter()
-            .filter(|(_, entry)| entry.is_idle())
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in idle {
-            self.entries.remove(&key);
-        }
+        self.forget_idle_entries();
     }
 
     /// A new generation for `key`.
@@ -1049,6 +1041,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         }
         self.remember_view(now, key);
         self.end_lease(key);
+    }
+
+    /// Forgets every file that nothing refers to any more.
+    pub(super) fn forget_idle_entries(&mut self) {
+        self.entries.retain(|_, entry| !entry.is_idle());
     }
 
     pub(super) fn forget_if_idle(&mut self, key: &K) {

@@ -190,15 +190,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             }
             *h != holder
         });
-        let idle: Vec<K> = self
-            .entries
-            .iter()
-            .filter(|(_, entry)| entry.is_idle())
-            .map(|(key, _)| key.clone())
-            .collect();
-        for key in idle {
-            self.entries.remove(&key);
-        }
+        self.forget_idle_entries();
         actions
     }
 }
