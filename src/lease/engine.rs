@@ -175,6 +175,8 @@ pub(super) struct Entry {
     pub(super) gaps: GapHistory,
     /// How many processes have a `seen` record for this file.
     pub(super) seen_by: u32,
+    /// The parent of the last process let in to save this file.
+    pub(super) saver_parent: Option<Holder>,
 }
 
 impl Entry {
@@ -293,6 +295,33 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     /// thread's handle is open (two cycles of one process). Requests that hold a kernel
     /// lock are answered now: granted, joined, fenced, or let through out of turn.
     pub fn request(&mut self, now: Duration, key: &K, holder: Holder, ask: Ask) -> Admission {
+        let admission = self.admit(now, key, holder, ask);
+        if ask.intent == Intent::Write
+            && matches!(admission, Admission::Granted(_) | Admission::OutOfTurn)
+        {
+            self.settle_family_view(key, &ask);
+        }
+        admission
+    }
+
+    /// A child's save is under way: the view its parent inherited from an exited sibling
+    /// (the shell's `sed`) has served its one save (the shell's `mv`), and must not judge
+    /// the saves of the parent's later, unrelated children.
+    fn settle_family_view(&mut self, key: &K, ask: &Ask) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            entry.saver_parent = ask.family[0];
+        }
+        let Some(parent) = ask.family[0] else {
+            return;
+        };
+        let slot = (key.clone(), parent);
+        if self.seen.get(&slot).is_some_and(|seen| seen.inherited) {
+            self.seen.remove(&slot);
+            entry_seen_by(&mut self.entries, key, -1);
+        }
+    }
+
+    fn admit(&mut self, now: Duration, key: &K, holder: Holder, ask: Ask) -> Admission {
         self.prune_seen(now);
         let commits = self.commits;
         let entry = self.entries.entry(key.clone()).or_insert_with(|| Entry {
@@ -1088,6 +1117,9 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             let waited = now.saturating_sub(waiter.since).as_millis() as u64;
             self.counters.wait_total_ms += waited;
             self.counters.wait_longest_ms = self.counters.wait_longest_ms.max(waited);
+            if waiter.ask.intent == Intent::Write {
+                self.settle_family_view(key, &waiter.ask);
+            }
             let answer = if lease_now {
                 self.join(key, waiter.holder, waiter.ask.intent, waiter.ask.thread)
             } else {

@@ -170,6 +170,13 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 .map(|((key, _), seen)| (key.clone(), *seen))
                 .collect();
             for (key, seen) in unsaved {
+                // A sibling has saved over this view since: the family's cycle is done.
+                let sibling_saved = self.entries.get(&key).is_some_and(|entry| {
+                    entry.generation != seen.generation && entry.saver_parent == Some(parent)
+                });
+                if sibling_saved {
+                    continue;
+                }
                 let older = self
                     .seen
                     .get(&(key.clone(), parent))

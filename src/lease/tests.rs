@@ -808,3 +808,64 @@ fn an_absence_seen_fences_a_first_save_after_another_one() {
         Admission::Granted(_)
     ));
 }
+
+#[test]
+fn a_sibling_that_took_over_a_killed_readers_cycle_keeps_it_from_later_siblings() {
+    // faults::a_recycled_pid_is_a_different_holder: the test process T reads, its child H
+    // holds the file, child W waits, H is killed, child N asks: N waits for W.
+    const T: Holder = SHELL;
+    const H: Holder = A;
+    const W: Holder = B;
+    const N: Holder = C;
+    let mut e = engine();
+    let t = granted(e.request(ms(0), &"s", T, ask(Intent::Read)));
+    assert!(e.finish(ms(1), t.lease, T, Outcome::Read).is_empty());
+    let h_wait = queued(e.request(ms(2), &"s", H, child_of(T, Intent::Read)));
+    let actions = e.tick(ms(200));
+    assert_eq!(grants(&actions), vec![h_wait]);
+    let Action::Granted { grant: h, .. } = actions[0] else {
+        unreachable!()
+    };
+    let w_wait = queued(e.request(ms(300), &"s", W, child_of(T, Intent::Read)));
+    assert!(e.finish(ms(700), h.lease, H, Outcome::Read).is_empty());
+    let actions = e.holder_exited(ms(700), H, Some(T));
+    assert_eq!(grants(&actions), vec![w_wait], "W takes the cycle over");
+    let n_wait = queued(e.request(ms(710), &"s", N, child_of(T, Intent::Read)));
+    for at in (720..1700).step_by(10) {
+        let actions = e.tick(ms(at));
+        assert!(
+            !grants(&actions).contains(&n_wait),
+            "N got the file at {at} ms while W held it"
+        );
+    }
+}
+
+#[test]
+fn a_siblings_save_settles_the_view_an_exited_reader_left_its_parent() {
+    // faults::a_recycled_pid_is_a_different_holder, part 1: T's child A reads and exits,
+    // child B reads and saves, then child C saves blind: C is judged as any fresh
+    // process, whichever way A's exit and B's save are ordered.
+    const T: Holder = SHELL;
+    for exit_first in [true, false] {
+        let mut e = engine();
+        let a = granted(e.request(ms(0), &"s", A, child_of(T, Intent::Read)));
+        e.finish(ms(1), a.lease, A, Outcome::Read);
+        if exit_first {
+            e.holder_exited(ms(2), A, Some(T));
+        } else {
+            e.tick(ms(500));
+        }
+        let b = granted(e.request(ms(600), &"s", B, child_of(T, Intent::Read)));
+        granted(e.request(ms(601), &"s", B, child_of(T, Intent::Write)));
+        e.finish(ms(602), b.lease, B, Outcome::Committed);
+        if !exit_first {
+            e.holder_exited(ms(603), A, Some(T));
+        }
+        e.tick(ms(2000));
+        let blind = e.request(ms(2001), &"s", C, child_of(T, Intent::Write));
+        assert!(
+            matches!(blind, Admission::Granted(_)),
+            "exit_first {exit_first}: {blind:?}"
+        );
+    }
+}

@@ -737,6 +737,7 @@ impl Gate {
             let Some(parked) = parked else {
                 continue;
             };
+            tracing::trace!(path = %self.path_of(&parked.key), pid = parked.holder.pid, tid = parked.tid, ?wait, ?outcome, "answer");
             if outcome == Err(Errno::ESTALE) {
                 self.log_fenced(&parked.key, parked.holder);
             }

@@ -24,12 +24,15 @@ impl MountGuard {
             "tests mount only inside the temp dir, not {}",
             dir.display()
         );
-        let output = Command::new(LOCKFS)
-            .arg("mount")
-            .arg(dir)
-            .args(args)
-            .output()
-            .expect("run lockfs mount");
+        let mut command = Command::new(LOCKFS);
+        command.arg("mount").arg(dir).args(args);
+        // LOCKFS_TEST_LOG=DIR keeps a trace log of every test daemon, for debugging.
+        if let Some(logs) = std::env::var_os("LOCKFS_TEST_LOG") {
+            let name = dir.parent().and_then(|p| p.file_name()).unwrap_or_default();
+            let log = Path::new(&logs).join(name).with_extension("log");
+            command.arg("-vvv").arg("--log-file").arg(log);
+        }
+        let output = command.output().expect("run lockfs mount");
         assert!(
             output.status.success(),
             "lockfs mount failed: {}",
