@@ -6,7 +6,7 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use super::Holder;
-use super::engine::{Action, Engine, Lease, Mode, Seen, WaitId, entry_seen_by};
+use super::engine::{Action, Engine, Lease, LeaseId, Mode, Seen, WaitId, entry_seen_by};
 
 impl<K: Clone + Eq + Hash> Engine<K> {
     /// Ties `holder`'s lease on the temp file `temp` to its read cycle on `to`: the temp
@@ -109,6 +109,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         }
         let held: Vec<K> = self.active.values().cloned().collect();
         for key in held {
+            let renewed = LeaseId(self.fresh_id());
             // Ending one lease may end the leases tied to it: skip those already gone.
             let Some(lease) = self
                 .entries
@@ -137,6 +138,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                     Some(parent) if !*writing => {
                         *h = parent;
                         lease.passed = true;
+                        // A new id: the dead holder's handles may still close, and their
+                        // late ends must not count against the next holder's uses.
+                        let old = std::mem::replace(&mut lease.id, renewed);
+                        self.active.remove(&old);
+                        self.active.insert(renewed, key.clone());
                         *uses = 0;
                         *idle_since = Some(now);
                         self.counters.handoffs += 1;

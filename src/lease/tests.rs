@@ -738,7 +738,8 @@ fn a_dead_readers_cycle_passes_to_its_parent_and_a_child_finishes_it() {
             ..child_of(SHELL, Intent::Write)
         },
     ));
-    assert_eq!(mv.lease, a.lease);
+    assert_ne!(mv.lease, a.lease, "a passed cycle is renamed");
+    assert!(e.finish(ms(5), a.lease, A, Outcome::Read).is_empty());
     assert_eq!(
         grants(&e.finish(ms(5), mv.lease, C, Outcome::Committed)),
         vec![b]
@@ -866,6 +867,26 @@ fn a_siblings_save_settles_the_view_an_exited_reader_left_its_parent() {
         assert!(
             matches!(blind, Admission::Granted(_)),
             "exit_first {exit_first}: {blind:?}"
+        );
+    }
+}
+
+#[test]
+fn a_dead_holders_late_close_does_not_end_its_successors_use() {
+    // faults::a_recycled_pid_is_a_different_holder, part 2, with the exit reported before
+    // the killed holder's handle is released.
+    const T: Holder = SHELL;
+    let mut e = engine();
+    let h = granted(e.request(ms(0), &"s", A, child_of(T, Intent::Read)));
+    let w_wait = queued(e.request(ms(10), &"s", B, child_of(T, Intent::Read)));
+    let actions = e.holder_exited(ms(500), A, Some(T));
+    assert_eq!(grants(&actions), vec![w_wait], "W takes the cycle over");
+    assert!(e.finish(ms(501), h.lease, A, Outcome::Read).is_empty());
+    let n_wait = queued(e.request(ms(510), &"s", C, child_of(T, Intent::Read)));
+    for at in (520..1500).step_by(10) {
+        assert!(
+            !grants(&e.tick(ms(at))).contains(&n_wait),
+            "N got the file at {at} ms while W held it"
         );
     }
 }
