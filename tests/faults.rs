@@ -297,6 +297,57 @@ fn a_recycled_pid_is_a_different_holder() {
     assert!(n.wait(STEP).unwrap().success());
 }
 
+/// A directory removed and made again can come back with the old one's inode number (and
+/// so its nodeid): a process's view of a file in the old directory must not refuse its
+/// save in the new one (race.sh's setup write was refused with ESTALE that way).
+#[test]
+fn a_recreated_directory_starts_with_no_lease_history() {
+    use std::os::unix::fs::MetadataExt;
+    let (_tmp, state, _mount) = mounted(&["--max-hold", "30s"]);
+    let dir = state.join("d");
+    let store = dir.join("store.json");
+    // Children write and remove the file: the test process itself keeps no view of it.
+    let sh = |script: &str| {
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&state)
+            .status()
+            .unwrap();
+        assert!(status.success(), "sh -c {script:?}: {status}");
+    };
+    sh("mkdir d && printf '{}' > d/store.json");
+    let ino = std::fs::metadata(&dir).unwrap().ino();
+    // P reads, then waits; Q saves over P's view; the directory is emptied and removed.
+    let mut p = Cycle::start(&store, &["read", "pause", "blind:{\"v\": \"p\"}"]);
+    p.expect_line("pause ok", STEP);
+    let mut q = Cycle::start(&store, &["read", "temp:{\"v\": \"q\"}", "rename"]);
+    assert!(q.wait(STEP).unwrap().success(), "{:?}", q.seen);
+    sh("rm d/store.json && rmdir d");
+    // ext4 hands a freed inode number out again soon; try until the new directory has it.
+    let mut same = false;
+    for _ in 0..200 {
+        std::fs::create_dir(&dir).unwrap();
+        if std::fs::metadata(&dir).unwrap().ino() == ino {
+            same = true;
+            break;
+        }
+        std::fs::remove_dir(&dir).unwrap();
+    }
+    if !same {
+        println!("skipped: the directory never came back with inode {ino}");
+        p.kill();
+        return;
+    }
+    p.resume();
+    assert!(
+        p.wait(STEP).unwrap().success(),
+        "a save in the new directory was judged on the old one's history: {:?}",
+        p.seen
+    );
+    assert_eq!(std::fs::read_to_string(&store).unwrap(), r#"{"v": "p"}"#);
+}
+
 /// One writer program of the soak and the daemon-kill test.
 #[derive(Clone, Copy, Debug)]
 enum Kind {

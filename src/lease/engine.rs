@@ -1072,6 +1072,23 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         self.end_lease(key);
     }
 
+    /// Forgets all that is known of the files `gone` matches (their directory was removed,
+    /// and a new one may come back under the same id), but those leased or waited on.
+    pub fn forget_files(&mut self, gone: impl Fn(&K) -> bool) {
+        let entries = &mut self.entries;
+        self.seen.retain(|(key, _), _| {
+            let keep = !gone(key);
+            if !keep {
+                entry_seen_by(entries, key, -1);
+            }
+            keep
+        });
+        self.read_streaks.retain(|(key, _), _| !gone(key));
+        self.entries.retain(|key, entry| {
+            !gone(key) || entry.lease.is_some() || !entry.queue.is_empty()
+        });
+    }
+
     /// Forgets every file that nothing refers to any more.
     pub(super) fn forget_idle_entries(&mut self) {
         self.entries.retain(|_, entry| !entry.is_idle());

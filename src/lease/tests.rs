@@ -890,3 +890,26 @@ fn a_dead_holders_late_close_does_not_end_its_successors_use() {
         );
     }
 }
+
+#[test]
+fn a_refused_save_stays_refused_when_the_kernel_retries_it() {
+    // The VFS retries rename, unlink, link and open once on ESTALE (LOOKUP_REVAL).
+    let mut e = engine();
+    let a = granted(e.request(ms(0), &"s", A, ask(Intent::Read)));
+    e.finish(ms(1), a.lease, A, Outcome::Read);
+    e.tick(ms(500));
+    let b = granted(e.request(ms(600), &"s", B, ask(Intent::Read)));
+    e.finish(ms(601), b.lease, B, Outcome::Committed);
+    let rename = Ask {
+        locked: true,
+        replaces: true,
+        ..ask(Intent::Write)
+    };
+    for attempt in 0..2 {
+        assert_eq!(
+            e.request(ms(700 + attempt), &"s", A, rename),
+            Admission::Fenced,
+            "attempt {attempt}"
+        );
+    }
+}

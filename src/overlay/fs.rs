@@ -234,7 +234,7 @@ impl Filesystem for LockFs {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.core.rmdir(Caller::of(req), parent.0, name));
+        reply_empty(reply, self.leased.rmdir(Caller::of(req), parent.0, name));
     }
 
     fn symlink(

@@ -41,6 +41,9 @@ const DYING_WAITER_POLL: Duration = Duration::from_millis(50);
 /// A tid is reused only after the kernel has cycled through the whole pid space.
 const THREAD_CACHE_TTL: Duration = Duration::from_secs(1);
 
+/// How long after a refusal the kernel's retry of it is expected (it comes at once).
+const REFUSAL_RETRY: Duration = Duration::from_secs(1);
+
 /// How long a lease waits for the kernel to retry an open answered with ESTALE.
 const RETRY_WINDOW: Duration = Duration::from_millis(1000);
 
@@ -110,6 +113,9 @@ pub struct Gate {
     handle_leases: Mutex<HashMap<u64, HandleLease>>,
     /// Leases kept for an open answered with ESTALE: the kernel's retry takes them.
     retries: Mutex<HashMap<(u32, FileKey), (Held, Duration)>>,
+    /// Saves just refused with ESTALE, by thread: the kernel retries each once, after a
+    /// fresh lookup whose "not found" must not pass for a new view of the file.
+    refused: Mutex<HashMap<(u32, FileKey), Duration>>,
     recent_writes: Mutex<HashMap<ProcessId, VecDeque<Written>>>,
     commands: Mutex<HashMap<ProcessId, String>>,
     exits: OnceLock<Arc<ExitWatch>>,
@@ -138,6 +144,7 @@ impl Gate {
             parked: Mutex::new(HashMap::new()),
             handle_leases: Mutex::new(HashMap::new()),
             retries: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
             recent_writes: Mutex::new(HashMap::new()),
             commands: Mutex::new(HashMap::new()),
             exits: OnceLock::new(),
@@ -329,6 +336,13 @@ impl Gate {
             }));
         }
         self.reap_dead_holders(&key, holder);
+        // The kernel's one retry of a refusal is refused again, but arms nothing: the
+        // program's own next attempt looks the name up afresh.
+        let kernel_retry = self
+            .refused
+            .lock()
+            .remove(&(caller.pid, key.clone()))
+            .is_some_and(|at| self.now().saturating_sub(at) < REFUSAL_RETRY);
         let ask = Ask {
             intent,
             family: self.family_of(holder),
@@ -365,6 +379,9 @@ impl Gate {
             }
             Admission::Fenced => {
                 drop(engine);
+                if !kernel_retry {
+                    self.note_refused(caller.pid, &key);
+                }
                 self.log_fenced(&key, holder);
                 run(Err(Errno::ESTALE))
             }
@@ -384,8 +401,22 @@ impl Gate {
         }
     }
 
+    /// The directory `nodeid` was removed: forget the lease history of its files.
+    pub fn forget_dir(&self, nodeid: u64) {
+        self.engine.lock().forget_files(|key| key.0 == nodeid);
+    }
+
     /// A lookup by `caller` found nothing at `key`: the absence is what its cycle read.
     pub fn saw_missing(&self, caller: Caller, key: &FileKey) {
+        let now = self.now();
+        let retrying = self
+            .refused
+            .lock()
+            .get(&(caller.pid, key.clone()))
+            .is_some_and(|at| now.saturating_sub(*at) < REFUSAL_RETRY);
+        if retrying {
+            return;
+        }
         if let Ok(holder) = self.process_of_thread(caller.pid) {
             self.watch(holder);
             self.engine.lock().saw_missing(self.now(), key, holder);
@@ -739,6 +770,7 @@ impl Gate {
             };
             tracing::trace!(path = %self.path_of(&parked.key), pid = parked.holder.pid, tid = parked.tid, ?wait, ?outcome, "answer");
             if outcome == Err(Errno::ESTALE) {
+                self.note_refused(parked.tid, &parked.key);
                 self.log_fenced(&parked.key, parked.holder);
             }
             let Parked {
@@ -746,6 +778,15 @@ impl Gate {
             } = parked;
             run(outcome.map(|grant| Held::granted(grant, holder, key)));
         }
+    }
+
+    fn note_refused(&self, tid: u32, key: &FileKey) {
+        let now = self.now();
+        let mut refused = self.refused.lock();
+        if refused.len() > 1024 {
+            refused.retain(|_, at| now.saturating_sub(*at) < REFUSAL_RETRY);
+        }
+        refused.insert((tid, key.clone()), now);
     }
 
     fn log_fenced(&self, key: &FileKey, holder: ProcessId) {

@@ -10,6 +10,7 @@ use super::Caller;
 use super::core::{Entry, OpResult, Overlay, SetAttr};
 use super::fs::{reply_attr, reply_create, reply_empty, reply_entry, reply_open};
 use super::gate::{FileKey, Gate, Held, intent_of_open};
+use super::inodes::InodeKey;
 use crate::lease::{Intent, Outcome};
 use crate::sys;
 
@@ -235,6 +236,19 @@ impl Leased {
             move |core, key| core.unlink(caller, key.0, &key.1),
             reply_empty,
         );
+    }
+
+    /// A removed directory's nodeid (its ino) can come back with a new directory: what the
+    /// engine knew of the old one's files must not judge the new one's.
+    pub fn rmdir(&self, caller: Caller, parent: u64, name: &OsStr) -> OpResult<()> {
+        let removed = self
+            .stat_child(parent, name)
+            .and_then(|st| self.core.inodes().find(InodeKey::of(&st)));
+        self.core.rmdir(caller, parent, name)?;
+        if let Some(dir) = removed {
+            self.gate.forget_dir(dir.nodeid);
+        }
+        Ok(())
     }
 
     /// A rename is a write of its target and, for a managed file, a removal of its source
