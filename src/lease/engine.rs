@@ -36,10 +36,12 @@ pub struct Ask {
     /// A rename or link onto the name: a save that may rest on having found the name
     /// missing (a first save). Other writes are not judged on an absence seen.
     pub replaces: bool,
-    /// The requesting thread (0 when the front end cannot tell). A read from another
-    /// thread than the one that read first in the holder's cycle is a second cycle:
-    /// `Promise.all` cycles may close their first read before the next one opens.
+    /// The requesting thread (0 when the front end cannot tell): the process's main
+    /// thread (thread == pid) re-reads in its cycle; see `continues_cycle` for the others.
     pub thread: u32,
+    /// How many of the requester's uses of the file the program has closed already, their
+    /// release still on its way (FUSE sends RELEASE after close(2) returns).
+    pub closing: u32,
     /// Overrides the policy's waiter limit.
     pub max_wait: Option<Duration>,
 }
@@ -53,6 +55,7 @@ impl Ask {
             locked: false,
             replaces: false,
             thread: 0,
+            closing: 0,
             max_wait: None,
         }
     }
@@ -154,8 +157,6 @@ pub(super) struct Lease {
     /// The holder is the parent of the process that began the cycle and exited: the first
     /// of its children to touch the file takes the cycle over.
     pub(super) passed: bool,
-    /// The thread of the cycle's first read (0: unknown).
-    pub(super) reader_thread: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -353,7 +354,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 self.close_view(key, holder);
                 return Admission::Fenced;
             }
-            return self.join(key, holder, ask.intent, ask.thread);
+            return self.join(key, holder, ask.intent);
         }
         let free = entry.lease.is_none() && entry.queue.is_empty();
         let appends_alongside = ask.intent == Intent::Append
@@ -372,10 +373,10 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             if ask.intent == Intent::Write {
                 self.teach_late_save(now, key, holder);
             }
-            return Admission::Granted(self.start_lease(now, key, holder, ask.intent, ask.thread));
+            return Admission::Granted(self.start_lease(now, key, holder, ask.intent));
         }
         if appends_alongside {
-            return self.join(key, holder, ask.intent, ask.thread);
+            return self.join(key, holder, ask.intent);
         }
         if !ask.locked {
             return self.enqueue(now, key, holder, ask);
@@ -396,7 +397,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     }
 
     /// Joins the current lease on `key` (checked to admit `holder`).
-    fn join(&mut self, key: &K, holder: Holder, intent: Intent, thread: u32) -> Admission {
+    fn join(&mut self, key: &K, holder: Holder, intent: Intent) -> Admission {
         let entry = self.entries.get_mut(key).expect("entry exists");
         let generation = entry.generation;
         let lease = entry.lease.as_mut().expect("checked by the caller");
@@ -410,7 +411,6 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             lease.passed = false;
             if intent == Intent::Read {
                 lease.view = Some(generation);
-                lease.reader_thread = thread;
             }
         }
         if intent == Intent::Write && lease.view.is_some_and(|view| view < generation) {
@@ -435,9 +435,6 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         }
         if intent == Intent::Read && lease.view.is_none() {
             lease.view = Some(generation);
-        }
-        if intent == Intent::Read && lease.reader_thread == 0 {
-            lease.reader_thread = thread;
         }
         Admission::Granted(Grant {
             lease: lease.id,
@@ -580,14 +577,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         Admission::Queued(id)
     }
 
-    fn start_lease(
-        &mut self,
-        now: Duration,
-        key: &K,
-        holder: Holder,
-        intent: Intent,
-        thread: u32,
-    ) -> Grant {
+    fn start_lease(&mut self, now: Duration, key: &K, holder: Holder, intent: Intent) -> Grant {
         let id = LeaseId(self.fresh_id());
         let generation = self.entries[key].generation;
         // A read starts the cycle's view; a write by a process that saw the file lately
@@ -618,7 +608,6 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             ties: Vec::new(),
             tied: false,
             passed: false,
-            reader_thread: if intent == Intent::Read { thread } else { 0 },
         });
         self.active.insert(id, key.clone());
         Grant {
@@ -1084,9 +1073,8 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             keep
         });
         self.read_streaks.retain(|(key, _), _| !gone(key));
-        self.entries.retain(|key, entry| {
-            !gone(key) || entry.lease.is_some() || !entry.queue.is_empty()
-        });
+        self.entries
+            .retain(|key, entry| !gone(key) || entry.lease.is_some() || !entry.queue.is_empty());
     }
 
     /// Forgets every file that nothing refers to any more.
@@ -1138,15 +1126,9 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 self.settle_family_view(key, &waiter.ask);
             }
             let answer = if lease_now {
-                self.join(key, waiter.holder, waiter.ask.intent, waiter.ask.thread)
+                self.join(key, waiter.holder, waiter.ask.intent)
             } else {
-                Admission::Granted(self.start_lease(
-                    now,
-                    key,
-                    waiter.holder,
-                    waiter.ask.intent,
-                    waiter.ask.thread,
-                ))
+                Admission::Granted(self.start_lease(now, key, waiter.holder, waiter.ask.intent))
             };
             match answer {
                 Admission::Granted(grant) => actions.push(Action::Granted {
@@ -1179,7 +1161,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             };
             let waiter = entry.queue.remove(at).expect("found above");
             self.waiting.remove(&waiter.id);
-            let action = match self.join(key, waiter.holder, waiter.ask.intent, waiter.ask.thread) {
+            let action = match self.join(key, waiter.holder, waiter.ask.intent) {
                 Admission::Granted(grant) => Action::Granted {
                     wait: waiter.id,
                     grant,
@@ -1196,10 +1178,20 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     }
 }
 
-/// Whether a read by `thread` continues the reads of `lease`'s cycle (same thread, or
-/// a front end that cannot tell threads).
-fn same_reader(lease: &Lease, thread: u32) -> bool {
-    lease.reader_thread == 0 || thread == 0 || lease.reader_thread == thread
+/// Whether a read by the holder of `lease` continues its cycle instead of starting another:
+/// one from its main thread (sync code: git, rsync, Python, conf's readFileSync; a front
+/// end that cannot tell threads says 0), or from a worker thread once none of the holder's
+/// uses of the file is open (an async re-read: write-json-file reads twice before saving).
+/// A worker-thread read while a use is open is a second cycle: `Promise.all` issues all its
+/// cycles' opens to the libuv pool before any of their closes, and pool threads are
+/// shared, so neither the thread nor the handle's owner tells the cycles apart.
+fn continues_cycle(lease: &Lease, holder: Holder, ask: &Ask) -> bool {
+    let main_thread = ask.thread == 0 || ask.thread == holder.pid;
+    let open_uses = match lease.mode {
+        Mode::Exclusive { uses, .. } => uses.saturating_sub(ask.closing),
+        Mode::Shared { .. } => 0,
+    };
+    !ask.concurrent && (main_thread || open_uses == 0)
 }
 
 /// Whether a request by `holder` joins `lease` instead of queueing behind it: the holder's
@@ -1215,7 +1207,7 @@ fn joins(lease: &Lease, holder: Holder, ask: &Ask) -> bool {
             if lease.tied {
                 writes && (own || family)
             } else {
-                (own && (writes || (!ask.concurrent && same_reader(lease, ask.thread))))
+                (own && (writes || continues_cycle(lease, holder, ask)))
                     || (family && (writes || (lease.passed && ask.intent == Intent::Read)))
             }
         }

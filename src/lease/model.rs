@@ -2,7 +2,8 @@
 //! real programs' cycles on one file, with time passing and a kill at any point.
 //!
 //! - P0 reads, re-reads from the same thread (conf, git), then saves (rename, locked).
-//! - P1 runs two cycles at once on two threads (`Promise.all`): read, save; read, save.
+//! - P1 runs two cycles at once on one worker thread (`Promise.all`): read, save; read,
+//!   save.
 //! - P2 is a shell pipeline: its child reads and exits, another child renames the temp.
 //!
 //! The checker explores depth-first, cloning the engine at each branch. It asserts, for
@@ -38,6 +39,9 @@ const MV: Holder = Holder {
 };
 
 const KEY: &str = "store.json";
+
+/// The libuv pool thread P1's cycles share (any id but a pid: not a main thread).
+const WORKER_THREAD: u32 = 1000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
@@ -200,14 +204,16 @@ impl World {
         ));
         match op {
             Op::Read { reopen } => {
-                let concurrent = self.actors[index]
-                    .sibling_thread
-                    .is_some_and(|other| !self.actors[other].uses.is_empty())
-                    && self.actors[index].uses.is_empty();
+                // P1's two cycles run on one shared pool thread (libuv may hand both
+                // opens to the same worker): the front end sees no other thread's handle,
+                // and only the uses still open tell the cycles apart.
+                let thread = match self.actors[index].sibling_thread {
+                    Some(_) => WORKER_THREAD,
+                    None => process.pid,
+                };
                 let ask = Ask {
                     family: self.actors[index].family,
-                    concurrent,
-                    thread: index as u32 + 1,
+                    thread,
                     ..Ask::new(Intent::Read)
                 };
                 match self.engine.request(now, &KEY, process, ask) {

@@ -681,6 +681,7 @@ mod tests {
         pid: 1,
         uid: 0,
         gid: 0,
+        unique: 0,
     };
 
     fn overlay() -> (tempfile::TempDir, Overlay) {

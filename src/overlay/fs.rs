@@ -49,6 +49,7 @@ impl Caller {
             pid: req.pid(),
             uid: req.uid(),
             gid: req.gid(),
+            unique: req.unique().0,
         }
     }
 }
@@ -331,7 +332,7 @@ impl Filesystem for LockFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.leased.gate.flushed(fh.0, req.pid());
+        self.leased.gate.flushed(fh.0, req.pid(), req.unique().0);
         reply_empty(reply, self.core.flush(Caller::of(req), fh.0));
     }
 

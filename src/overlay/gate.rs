@@ -86,12 +86,23 @@ struct Parked {
 }
 
 /// The lease an open handle took, released with the handle.
+/// A process's handles on a file at the time one of its requests was issued.
+#[derive(Default)]
+struct HandlesAt {
+    /// Some handle was open (not closed by the program).
+    open: bool,
+    /// Another thread's handle was open, and none of the requesting thread's.
+    open_elsewhere: bool,
+    /// Handles closed by then whose RELEASE has not come yet.
+    closing: u32,
+}
+
 struct HandleLease {
     held: Held,
-    /// The thread that opened the handle, and whether a close(2) was seen since: a read
-    /// from another thread while this one is open and unflushed is a second cycle.
+    /// The thread that opened the handle, and the request id of the first close(2) seen
+    /// since: a read from another thread issued while this one was open is a second cycle.
     tid: u32,
-    flushed: bool,
+    closed_at: Option<u64>,
     writes: bool,
     /// (size, mtime, ctime) before the open, to tell whether the handle changed the file.
     before: Option<(i64, i64, i64, i64, i64)>,
@@ -113,6 +124,9 @@ pub struct Gate {
     handle_leases: Mutex<HashMap<u64, HandleLease>>,
     /// Leases kept for an open answered with ESTALE: the kernel's retry takes them.
     retries: Mutex<HashMap<(u32, FileKey), (Held, Duration)>>,
+    /// The close(2) request id and thread of each process's last released handle on a
+    /// file: a read issued before that close was concurrent with it.
+    released_closes: Mutex<HashMap<(ProcessId, FileKey), (u64, u32)>>,
     /// Saves just refused with ESTALE, by thread: the kernel retries each once, after a
     /// fresh lookup whose "not found" must not pass for a new view of the file.
     refused: Mutex<HashMap<(u32, FileKey), Duration>>,
@@ -145,6 +159,7 @@ impl Gate {
             handle_leases: Mutex::new(HashMap::new()),
             retries: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashMap::new()),
+            released_closes: Mutex::new(HashMap::new()),
             recent_writes: Mutex::new(HashMap::new()),
             commands: Mutex::new(HashMap::new()),
             exits: OnceLock::new(),
@@ -343,17 +358,20 @@ impl Gate {
             .lock()
             .remove(&(caller.pid, key.clone()))
             .is_some_and(|at| self.now().saturating_sub(at) < REFUSAL_RETRY);
+        let handles = self.handles_at(holder, caller, &key);
         let ask = Ask {
             intent,
             family: self.family_of(holder),
-            // Reads from a process's other threads (Node's libuv pool, where `Promise.all`
-            // cycles run and may even share one thread) start cycles of their own; the
-            // main thread's re-reads (sync reads, git, Python, rsync) join its cycle.
+            // A read issued while another thread had the file open is a second cycle, and so
+            // is one from a worker thread (Node's libuv pool, shared by `Promise.all`
+            // cycles) while any handle was open; the engine also counts uses granted whose
+            // handles are not open yet.
             concurrent: intent == Intent::Read
-                && (caller.pid != holder.pid || self.opened_elsewhere(holder, caller.pid, &key)),
+                && (handles.open_elsewhere || (caller.pid != holder.pid && handles.open)),
             locked,
             replaces,
             thread: caller.pid,
+            closing: handles.closing,
             max_wait: None,
         };
         let mut engine = self.engine.lock();
@@ -423,21 +441,37 @@ impl Gate {
         }
     }
 
-    /// Whether `holder` has `key` open from a thread other than `tid`, with no close seen,
-    /// and not from `tid` itself: a read from `tid` then starts a second cycle.
-    fn opened_elsewhere(&self, holder: ProcessId, tid: u32, key: &FileKey) -> bool {
-        let leases = self.handle_leases.lock();
-        let mine = leases.values().filter(|lease| {
-            lease.held.holder == holder && lease.held.key == *key && !lease.flushed
-        });
-        let mut other = false;
-        for lease in mine {
-            if lease.tid == tid {
-                return false;
+    /// `holder`'s handles on `key` as they were when `caller`'s request was issued (the
+    /// kernel numbers requests in queue order; the daemon may admit them in another).
+    fn handles_at(&self, holder: ProcessId, caller: Caller, key: &FileKey) -> HandlesAt {
+        let mut at = HandlesAt::default();
+        let mut open_here = false;
+        let mut open_elsewhere = false;
+        let mut note_open = |tid: u32| {
+            at.open = true;
+            if tid == caller.pid {
+                open_here = true;
+            } else {
+                open_elsewhere = true;
             }
-            other = true;
+        };
+        for lease in self.handle_leases.lock().values() {
+            if lease.held.holder != holder || lease.held.key != *key {
+                continue;
+            }
+            match lease.closed_at {
+                Some(closed) if closed < caller.unique => at.closing += 1,
+                _ => note_open(lease.tid),
+            }
         }
-        other
+        // A handle closed and released since this request was issued was open then.
+        if let Some((closed, tid)) = self.released_closes.lock().get(&(holder, key.clone()))
+            && *closed > caller.unique
+        {
+            note_open(*tid);
+        }
+        at.open_elsewhere = open_elsewhere && !open_here;
+        at
     }
 
     /// The parent and grandparent of `process` (read once per process).
@@ -542,7 +576,7 @@ impl Gate {
             HandleLease {
                 held,
                 tid,
-                flushed: false,
+                closed_at: None,
                 writes,
                 before,
                 truncated_or_created,
@@ -581,12 +615,12 @@ impl Gate {
     /// process holds its exec_update_lock, and reading its /proc/PID/stat would wait for
     /// that lock while the exec waits for this reply (a deadlock seen in the tests). The
     /// thread cache says which process a known thread belongs to.
-    pub fn flushed(&self, fh: u64, tid: u32) {
+    pub fn flushed(&self, fh: u64, tid: u32, unique: u64) {
         let cached = self.threads.lock().get(&tid).map(|(process, _)| *process);
         if let Some(lease) = self.handle_leases.lock().get_mut(&fh)
             && (lease.tid == tid || cached == Some(lease.held.holder))
         {
-            lease.flushed = true;
+            lease.closed_at.get_or_insert(unique);
         }
     }
 
@@ -595,6 +629,17 @@ impl Gate {
         let Some(lease) = self.handle_leases.lock().remove(&handle.fh) else {
             return;
         };
+        if let Some(closed_at) = lease.closed_at {
+            let mut closes = self.released_closes.lock();
+            if closes.len() > 4096 {
+                closes.clear();
+            }
+            let slot = (lease.held.holder, lease.held.key.clone());
+            let latest = closes.entry(slot).or_insert((closed_at, lease.tid));
+            if closed_at >= latest.0 {
+                *latest = (closed_at, lease.tid);
+            }
+        }
         let wrote =
             lease.writes && (lease.truncated_or_created || fingerprint(handle) != lease.before);
         let held = &lease.held;
@@ -727,6 +772,9 @@ impl Gate {
         self.retries
             .lock()
             .retain(|_, (held, _)| held.holder != process);
+        self.released_closes
+            .lock()
+            .retain(|(holder, _), _| *holder != process);
         self.notify_timer();
         self.execute(actions);
     }

@@ -32,12 +32,14 @@ use crate::sys;
 pub use self::core::{Entry, OpResult, Overlay, SetAttr};
 pub use self::fs::LockFs;
 
-/// Who made a request: the calling thread id (in the mount's pid namespace), uid and gid.
+/// Who made a request: the calling thread id (in the mount's pid namespace), uid and gid,
+/// and the request's FUSE id (the kernel numbers requests in the order it queues them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caller {
     pub pid: u32,
     pub uid: u32,
     pub gid: u32,
+    pub unique: u64,
 }
 
 #[derive(Args, Debug)]
