@@ -141,25 +141,22 @@ fn assert_kept_everything(state: &Path, only: &str, row: &RaceRow, run: &str) {
 }
 
 #[test]
-#[ignore = "known gap: on a second run in one mount, race.sh setup write in the re-created directory is sometimes refused with ESTALE (engine state keyed by a reused directory nodeid; see the issue note)"]
 fn s14_conf() {
     real_row("S14-conf", S14_RUNS);
 }
 
 #[test]
-#[ignore = "known gap: on a second run in one mount, race.sh setup write in the re-created directory is sometimes refused with ESTALE (engine state keyed by a reused directory nodeid; see the issue note)"]
 fn s14_configstore_file_present() {
     real_row("S14-configstore", S14_RUNS);
 }
 
 #[test]
-#[ignore = "known gap: two processes that both find the file missing and both save; the second save gets ESTALE (lookups hold the directory lock and cannot wait)"]
+#[ignore = "known gap: about one run in five, two processes both find the file missing and both save; the second save gets ESTALE (a lookup holds the directory lock, so it cannot wait for the first cycle)"]
 fn s14_configstore_file_absent() {
     real_row("S14-configstore-absent", S14_RUNS);
 }
 
 #[test]
-#[ignore = "known gap: on a second run in one mount, race.sh setup write in the re-created directory is sometimes refused with ESTALE (engine state keyed by a reused directory nodeid; see the issue note)"]
 fn s14_write_json_file() {
     real_row("S14-write-json-file", S14_RUNS);
 }
