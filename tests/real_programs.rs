@@ -174,7 +174,6 @@ fn s14_shelve_dbm_dumb() {
 }
 
 #[test]
-#[ignore = "known gap: intermittent ESTALE on a shell cycle under load (see the issue note)"]
 fn s15_cat_per_writer_temp() {
     real_row("S15-cat-pidtmp", S15_RUNS);
 }
@@ -186,7 +185,6 @@ fn s15_cat_shared_temp() {
 }
 
 #[test]
-#[ignore = "known gap: intermittent ESTALE on a shell cycle under load (see the issue note)"]
 fn s15_sed_per_writer_temp() {
     real_row("S15-sed-pidtmp", S15_RUNS);
 }
@@ -198,7 +196,6 @@ fn s15_sed_shared_temp() {
 }
 
 #[test]
-#[ignore = "known gap: intermittent ESTALE on a shell cycle under load (see the issue note)"]
 fn s15_awk_per_writer_temp() {
     real_row("S15-awk-pidtmp", S15_RUNS);
 }
@@ -210,7 +207,6 @@ fn s15_awk_shared_temp() {
 }
 
 #[test]
-#[ignore = "known gap: under test-suite load a run can lose one acknowledged update or hit ESTALE (a shell child exit reported late; see the issue note)"]
 fn s15_jq_per_writer_temp() {
     real_row("S15-jq-pidtmp", S15_RUNS);
 }
@@ -222,7 +218,6 @@ fn s15_jq_shared_temp() {
 }
 
 #[test]
-#[ignore = "known gap: under test-suite load a run can lose one acknowledged update (a shell child exit reported late; see the issue note)"]
 fn s15_jq_piped_into_sponge() {
     real_row("S15-sponge", S15_RUNS);
 }

@@ -710,10 +710,10 @@ impl Gate {
             .lock()
             .remove(&process)
             .unwrap_or_default();
-        let parent = self
-            .families
-            .lock()
-            .remove(&process)
+        // Read, not taken: the exit watcher and a request that found the holder dead may
+        // report one exit at once, and both must pass its cycle to the same parent.
+        let family = self.families.lock().get(&process).copied();
+        let parent = family
             .and_then(|family| family[0])
             .filter(|parent| platform::is_alive(*parent));
         if let Some(parent) = parent {
@@ -766,6 +766,7 @@ impl Gate {
             events::holder_died_mid_cycle(&self.path_of(&key), process, Some(&command), reason);
         }
         self.commands.lock().remove(&process);
+        self.families.lock().remove(&process);
         self.threads
             .lock()
             .retain(|_, (cached, _)| *cached != process);
