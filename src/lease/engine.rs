@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
 use std::time::Duration;
 
@@ -146,6 +146,8 @@ pub(super) struct Lease {
     pub(super) id: LeaseId,
     pub(super) mode: Mode,
     pub(super) granted_at: Duration,
+    /// Where this lease stands in the engine's deadline index, if anywhere.
+    pub(super) scheduled: Option<Duration>,
     /// The generation at the first read of this cycle: a commit is refused once anybody
     /// else committed after it. None while the cycle has not read (a blind write).
     pub(super) view: Option<u64>,
@@ -240,6 +242,11 @@ pub struct Engine<K> {
     pub(super) read_streaks: HashMap<(K, Holder), u32>,
     /// Leases tied to one that just ended, still to be ended in turn.
     pub(super) untied: Vec<(LeaseId, bool)>,
+    /// Each live lease by the deadline it was last scheduled for, so the timer never
+    /// scans every lease (git add of 2,000 files spent 12 s of daemon CPU doing that).
+    /// A deadline that moves later is found at the old one and filed again; every change
+    /// that brings one earlier (a lease granted, a use ended) files it at once.
+    pub(super) deadlines: BTreeSet<(Duration, LeaseId)>,
 }
 
 impl<K: Clone + Eq + Hash> Engine<K> {
@@ -255,6 +262,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             commits: 0,
             read_streaks: HashMap::new(),
             untied: Vec::new(),
+            deadlines: BTreeSet::new(),
         }
     }
 
@@ -604,12 +612,14 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             id,
             mode,
             granted_at: now,
+            scheduled: None,
             view,
             ties: Vec::new(),
             tied: false,
             passed: false,
         });
         self.active.insert(id, key.clone());
+        self.schedule(key);
         Grant {
             lease: id,
             generation,
@@ -780,6 +790,9 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         } else if self.ends_at_close(&key, holder) {
             self.end_read_only(now, &key);
             self.grant_waiters(now, &key, &mut actions);
+        } else {
+            // A use ended: the linger may now end the lease before its maximum hold.
+            self.schedule(&key);
         }
         actions
     }
@@ -857,16 +870,29 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     /// Ends what is due at `now`: lingers, maximum holds, waiter limits.
     pub fn tick(&mut self, now: Duration) -> Vec<Action<K>> {
         let mut actions = Vec::new();
-        let due: Vec<(K, bool)> = self
-            .active
-            .values()
-            .filter_map(|key| {
-                let entry = &self.entries[key];
-                let lease = entry.lease.as_ref()?;
-                let (deadline, revoke) = self.lease_deadline(key, entry, lease);
-                (deadline <= now).then(|| (key.clone(), revoke))
-            })
-            .collect();
+        let mut due: Vec<(K, bool)> = Vec::new();
+        while let Some(&(at, id)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let Some(key) = self.active.get(&id).cloned() else {
+                continue;
+            };
+            let entry = &self.entries[&key];
+            let Some(lease) = entry.lease.as_ref().filter(|lease| lease.id == id) else {
+                continue;
+            };
+            let (deadline, revoke) = self.lease_deadline(&key, entry, lease);
+            if deadline <= now {
+                due.push((key, revoke));
+            } else {
+                self.deadlines.insert((deadline, id));
+                if let Some(lease) = self.entries.get_mut(&key).and_then(|e| e.lease.as_mut()) {
+                    lease.scheduled = Some(deadline);
+                }
+            }
+        }
         for (key, revoke) in due {
             // Ending one lease may have ended the leases tied to it already.
             if self
@@ -913,10 +939,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
 
     /// When [`Engine::tick`] next has something to do.
     pub fn next_deadline(&self) -> Option<Duration> {
-        let leases = self.active.values().filter_map(|key| {
-            let entry = &self.entries[key];
-            Some(self.lease_deadline(key, entry, entry.lease.as_ref()?).0)
-        });
+        let leases = self.deadlines.first().map(|(at, _)| *at);
         let waiters = self.waiting.iter().filter_map(|(wait, key)| {
             self.entries[key]
                 .queue
@@ -924,7 +947,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 .find(|waiter| waiter.id == *wait)
                 .map(|waiter| waiter.deadline)
         });
-        leases.chain(waiters).min()
+        leases.into_iter().chain(waiters).min()
     }
 
     pub(super) fn lease_deadline(&self, key: &K, entry: &Entry, lease: &Lease) -> (Duration, bool) {
@@ -1019,11 +1042,51 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         self.note_seen(key, holder, seen);
     }
 
+    /// The deadline index never files a lease later than its deadline (for tests).
+    #[cfg(test)]
+    pub(super) fn check_deadline_index(&self) {
+        for (id, key) in &self.active {
+            let entry = &self.entries[key];
+            let lease = entry.lease.as_ref().expect("active lease is current");
+            let (deadline, _) = self.lease_deadline(key, entry, lease);
+            let filed = lease.scheduled.expect("every live lease is filed");
+            assert!(
+                self.deadlines.contains(&(filed, *id)) && filed <= deadline,
+                "lease {id:?} filed at {filed:?}, due at {deadline:?}"
+            );
+        }
+    }
+
+    /// Files the current lease on `key` under its deadline now.
+    pub(super) fn schedule(&mut self, key: &K) {
+        let Some(entry) = self.entries.get(key) else {
+            return;
+        };
+        let Some(lease) = entry.lease.as_ref() else {
+            return;
+        };
+        let (deadline, _) = self.lease_deadline(key, entry, lease);
+        let (id, before) = (lease.id, lease.scheduled);
+        if before == Some(deadline) {
+            return;
+        }
+        if let Some(at) = before {
+            self.deadlines.remove(&(at, id));
+        }
+        self.deadlines.insert((deadline, id));
+        if let Some(lease) = self.entries.get_mut(key).and_then(|e| e.lease.as_mut()) {
+            lease.scheduled = Some(deadline);
+        }
+    }
+
     /// Ends the lease on `key`.
     pub(super) fn end_lease(&mut self, key: &K) {
         let entry = self.entries.get_mut(key).expect("entry exists");
         if let Some(lease) = entry.lease.take() {
             self.active.remove(&lease.id);
+            if let Some(at) = lease.scheduled {
+                self.deadlines.remove(&(at, lease.id));
+            }
             self.untied.extend(lease.ties);
         }
     }

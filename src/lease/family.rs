@@ -141,6 +141,9 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                         // A new id: the dead holder's handles may still close, and their
                         // late ends must not count against the next holder's uses.
                         let old = std::mem::replace(&mut lease.id, renewed);
+                        if let Some(at) = lease.scheduled.take() {
+                            self.deadlines.remove(&(at, old));
+                        }
                         self.active.remove(&old);
                         self.active.insert(renewed, key.clone());
                         *uses = 0;
@@ -163,6 +166,9 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             };
             if ended {
                 self.end_lease(&key);
+            } else {
+                // A passed cycle lingers from now.
+                self.schedule(&key);
             }
             self.grant_waiters(now, &key, &mut actions);
         }

@@ -343,6 +343,7 @@ impl World {
 }
 
 fn explore(world: World, leaves: &mut u64) {
+    world.engine.check_deadline_index();
     let mut moved = false;
     for index in 0..world.actors.len() {
         if world.can_step(index) {
