@@ -338,13 +338,22 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             ..Entry::default()
         });
         // A thread blocked in a request cannot ask again: a read while the same process
-        // already waits for this file is another thread's, a second cycle.
+        // already waits for this file is another thread's, a second cycle. And a read
+        // into the process's own idle cycle while others wait, later than the longest
+        // linger after that cycle began, is a reader's next cycle (a process polling the
+        // file must not keep a writer out until the maximum hold).
+        let overstays = entry.lease.as_ref().is_some_and(|lease| {
+            !entry.queue.is_empty()
+                && now.saturating_sub(lease.granted_at) > self.policy.max_linger
+                && matches!(lease.mode, Mode::Exclusive { holder: h, uses: 0, .. } if h == holder)
+        });
         let ask = Ask {
             concurrent: ask.concurrent
                 || (ask.intent == Intent::Read
-                    && entry.queue.iter().any(|waiter| {
-                        waiter.holder == holder && waiter.ask.intent == Intent::Read
-                    })),
+                    && (overstays
+                        || entry.queue.iter().any(|waiter| {
+                            waiter.holder == holder && waiter.ask.intent == Intent::Read
+                        }))),
             ..ask
         };
         if let Some(lease) = entry.lease.as_ref()
@@ -364,6 +373,13 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             }
             return self.join(key, holder, ask.intent);
         }
+        if ask.intent == Intent::Read && self.parent_lingers(key, &ask) {
+            // A child's read ends its parent's lingering read-only cycle at once, as the
+            // linger running out would (git commit's hooks, rsync's receiver): the parent's
+            // later save is still judged on what it read.
+            self.end_read_only(now, key);
+        }
+        let entry = self.entries.get_mut(key).expect("entry exists");
         let free = entry.lease.is_none() && entry.queue.is_empty();
         let appends_alongside = ask.intent == Intent::Append
             && entry.queue.is_empty()
@@ -448,6 +464,27 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             lease: lease.id,
             generation,
         })
+    }
+
+    /// Whether `key`'s lease is a lingering, read-only cycle of the asker's parent or
+    /// grandparent, with nobody else waiting.
+    fn parent_lingers(&self, key: &K, ask: &Ask) -> bool {
+        let entry = &self.entries[key];
+        entry.queue.is_empty()
+            && matches!(
+                entry.lease.as_ref(),
+                Some(Lease {
+                    mode: Mode::Exclusive {
+                        holder,
+                        uses: 0,
+                        writing: false,
+                        ..
+                    },
+                    tied: false,
+                    passed: false,
+                    ..
+                }) if ask.family.contains(&Some(*holder))
+            )
     }
 
     fn holder_is_writing(&self, key: &K) -> bool {
@@ -1268,7 +1305,9 @@ fn joins(lease: &Lease, holder: Holder, ask: &Ask) -> bool {
             let own = *h == holder;
             let family = ask.family.contains(&Some(*h));
             if lease.tied {
-                writes && (own || family)
+                // The rename that moves it into place, or its writer reading it back (git
+                // writes COMMIT_EDITMSG, then reads it).
+                (writes && family) || (own && (writes || !ask.concurrent))
             } else {
                 (own && (writes || continues_cycle(lease, holder, ask)))
                     || (family && (writes || (lease.passed && ask.intent == Intent::Read)))

@@ -821,12 +821,8 @@ fn a_sibling_that_took_over_a_killed_readers_cycle_keeps_it_from_later_siblings(
     let mut e = engine();
     let t = granted(e.request(ms(0), &"s", T, ask(Intent::Read)));
     assert!(e.finish(ms(1), t.lease, T, Outcome::Read).is_empty());
-    let h_wait = queued(e.request(ms(2), &"s", H, child_of(T, Intent::Read)));
-    let actions = e.tick(ms(200));
-    assert_eq!(grants(&actions), vec![h_wait]);
-    let Action::Granted { grant: h, .. } = actions[0] else {
-        unreachable!()
-    };
+    // A child's read ends its parent's lingering cycle at once.
+    let h = granted(e.request(ms(2), &"s", H, child_of(T, Intent::Read)));
     let w_wait = queued(e.request(ms(300), &"s", W, child_of(T, Intent::Read)));
     assert!(e.finish(ms(700), h.lease, H, Outcome::Read).is_empty());
     let actions = e.holder_exited(ms(700), H, Some(T));
@@ -912,4 +908,44 @@ fn a_refused_save_stays_refused_when_the_kernel_retries_it() {
             "attempt {attempt}"
         );
     }
+}
+
+#[test]
+fn a_childs_read_ends_its_parents_lingering_cycle_unless_others_wait() {
+    let mut e = engine();
+    let parent = granted(e.request(ms(0), &"s", SHELL, ask(Intent::Read)));
+    e.finish(ms(1), parent.lease, SHELL, Outcome::Read);
+    // git commit's hook reads HEAD while git commit's own read of it lingers.
+    granted(e.request(ms(2), &"s", A, child_of(SHELL, Intent::Read)));
+    let mut e = engine();
+    let parent = granted(e.request(ms(0), &"s", SHELL, ask(Intent::Read)));
+    e.finish(ms(1), parent.lease, SHELL, Outcome::Read);
+    queued(e.request(ms(2), &"s", B, ask(Intent::Read)));
+    queued(e.request(ms(3), &"s", A, child_of(SHELL, Intent::Read)));
+}
+
+#[test]
+fn a_process_reads_back_the_temp_it_wrote_during_a_cycle_without_waiting() {
+    let mut e = engine();
+    granted(e.request(ms(0), &"head", A, ask(Intent::Read)));
+    let msg = granted(e.request(ms(1), &"msg", A, ask(Intent::Write)));
+    assert!(e.tie(&"msg", A, true, &"head", true));
+    granted(e.request(ms(2), &"msg", A, ask(Intent::Read)));
+    queued(e.request(ms(3), &"msg", B, ask(Intent::Read)));
+    let _ = msg;
+}
+
+#[test]
+fn a_process_polling_a_file_lets_a_waiting_writer_in() {
+    // S6: a reader that re-reads in a loop joined its own idle cycle for ever.
+    let mut e = engine();
+    let a = granted(e.request(ms(0), &"s", A, ask(Intent::Read)));
+    e.finish(ms(1), a.lease, A, Outcome::Read);
+    let b = queued(e.request(ms(2), &"s", B, ask(Intent::Write)));
+    // A re-read soon after its cycle began still joins it (write-json-file reads twice).
+    let again = granted(e.request(ms(10), &"s", A, ask(Intent::Read)));
+    e.finish(ms(11), again.lease, A, Outcome::Read);
+    // Past the longest linger, the next read is a new cycle, behind the writer.
+    queued(e.request(ms(1200), &"s", A, ask(Intent::Read)));
+    assert!(grants(&e.tick(ms(1300))).contains(&b));
 }
