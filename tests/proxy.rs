@@ -628,3 +628,80 @@ fn serve_listens_on_the_default_endpoint_with_mode_0600() {
     assert!(up, "no socket at {}", socket.display());
     assert_eq!(mode.unwrap(), 0o600);
 }
+
+/// NODE_PATH for the npm libraries the real-program writers use (installed once by
+/// scripts/npm-deps.sh, which scripts/setup.sh runs).
+fn npm_deps() -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/npm-deps.sh");
+    let out = Command::new(script)
+        .output()
+        .expect("run scripts/npm-deps.sh");
+    assert!(
+        out.status.success(),
+        "scripts/npm-deps.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// S14 through the shim: 4 processes x 25 updates with an unmodified npm library
+/// (`scripts/writers/real_*.js`); every acknowledged update must be in the store, and
+/// no update may fail.
+fn real_library_keeps_every_acknowledged_update(writer: &str) {
+    if !node_available() {
+        println!("skipped: node is not installed");
+        return;
+    }
+    let node_path = npm_deps();
+    let (tmp, state) = state_dir();
+    std::fs::write(state.join("store.json"), "{}").unwrap();
+    let commits = tmp.path().join("commits.log");
+    let daemon = Daemon::start(&state, &[]);
+    let script = format!("{}/scripts/writers/{writer}", env!("CARGO_MANIFEST_DIR"));
+    let writers: Vec<Command> = (0..4)
+        .map(|n| {
+            let mut command = Command::new(LOCKFS);
+            command
+                .arg("run")
+                .arg("--root")
+                .arg(&daemon.root)
+                .arg("--socket")
+                .arg(&daemon.socket)
+                .args(["--", "node", &script])
+                .arg(&state)
+                .args(["store.json", &format!("w{n}"), "25"])
+                .env("NODE_PATH", &node_path)
+                .env("LOCKFS_COMMIT_LOG", &commits)
+                .stdout(Stdio::null());
+            command
+        })
+        .collect();
+    run_all(writers);
+    let acknowledged: Vec<String> = std::fs::read_to_string(&commits)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let text = std::fs::read_to_string(state.join("store.json")).unwrap();
+    let store: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|key| store.get(key.as_str()).is_none())
+        .collect();
+    assert!(lost.is_empty(), "{writer}: acknowledged but lost: {lost:?}");
+    assert_eq!(
+        acknowledged.len(),
+        100,
+        "{writer}: not every update was acknowledged"
+    );
+}
+
+#[test]
+fn s14_conf_through_the_shim_keeps_every_acknowledged_update() {
+    real_library_keeps_every_acknowledged_update("real_conf.js");
+}
+
+#[test]
+fn s14_configstore_through_the_shim_keeps_every_acknowledged_update() {
+    real_library_keeps_every_acknowledged_update("real_configstore.js");
+}
