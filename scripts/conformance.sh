@@ -83,6 +83,17 @@ for mode in passthrough no-passthrough; do
     [ "$got" = ok ] && continue
     if [ -n "${KNOWN[$name]:-}" ]; then
       echo "  known: $name $got (${KNOWN[$name]})"
+      continue
+    fi
+    # One more run of just this test tells a flake under load (open::etxtbsy failed
+    # about one CI run in four while stress-ng ran beside it) from a regression; both
+    # are printed, and the daemon's log is kept for the flake's post-mortem.
+    retry=$( (cd "$MNT" && pjdfstest -c "$WORK/pjdfstest.toml" -p "$MNT" "$name" 2>&1) || true)
+    if grep -qE "^$name +ok$" <<<"$retry"; then
+      keep="${TMPDIR:-/tmp}/lockfs-conformance-flake-$mode.log"
+      cp "$WORK/daemon-$mode.log" "$keep" 2>/dev/null || true
+      echo "  FLAKY: $name failed once through lockfs and passed when run again (daemon log: $keep)"
+      grep -A3 "^$name " "$WORK/mount-$mode.log" | sed 's/^/    /' || true
     else
       echo "  REGRESSION: $name passes natively, through lockfs: ${got:-missing}"
       grep -A3 "^$name " "$WORK/mount-$mode.log" | sed 's/^/    /' || true
