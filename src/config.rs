@@ -30,7 +30,7 @@ use serde::{Deserialize, Deserializer};
 pub use glob::Glob;
 
 use crate::lease::Policy;
-use crate::options::{LeaseOptions, parse_duration};
+use crate::options::{LeaseOptions, checked_duration, parse_duration};
 
 /// The policy and path rules in force for one mount.
 #[derive(Clone, Debug, PartialEq)]
@@ -187,7 +187,9 @@ fn duration_value<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Duration>, 
         Raw::Text(text) => parse_duration(&text)
             .map(Some)
             .map_err(serde::de::Error::custom),
-        Raw::Seconds(seconds) => Ok(Some(Duration::from_secs(seconds))),
+        Raw::Seconds(seconds) => checked_duration(seconds as f64)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{seconds} seconds is {e}"))),
     }
 }
 
@@ -320,5 +322,20 @@ exclude = true
             .unwrap_err()
             .to_string();
         assert!(err.contains("cannot read config file"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_duration_is_an_error_naming_the_value_not_a_panic() {
+        let err = parse("max_hold = 18446744073709551615\n").unwrap_err();
+        assert!(err.contains("18446744073709551615 seconds"), "{err}");
+        assert!(err.contains("longest allowed"), "{err}");
+        let err = parse("max_wait = \"99999999999999999999s\"\n").unwrap_err();
+        assert!(err.contains("max_wait"), "{err}");
+        assert!(parse("max_hold = 604800\n").is_ok());
     }
 }

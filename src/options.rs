@@ -76,6 +76,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(format!("`{text}` is not a valid duration"));
     }
+    checked_duration(seconds).map_err(|e| format!("`{text}`: {e}"))
+}
+
+/// The longest duration any lockfs setting takes (a lease held or awaited longer than a
+/// week is a hang, and far larger values overflow the engine's clock arithmetic).
+pub const LONGEST_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// `seconds` as a Duration, or why it is not a usable one.
+pub fn checked_duration(seconds: f64) -> Result<Duration, String> {
+    if seconds > LONGEST_DURATION.as_secs_f64() {
+        return Err(format!(
+            "longer than the longest allowed duration ({} hours)",
+            LONGEST_DURATION.as_secs() / 3600
+        ));
+    }
     Ok(Duration::from_secs_f64(seconds))
 }
 
@@ -91,5 +106,9 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("10 parsecs").is_err());
+        assert!(parse_duration("99999999999999999999s").is_err());
+        assert!(parse_duration("1e400").is_err());
+        assert_eq!(parse_duration("168h"), Ok(LONGEST_DURATION));
+        assert!(parse_duration("169h").is_err());
     }
 }

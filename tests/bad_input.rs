@@ -173,6 +173,10 @@ fn bad_options_are_refused_before_anything_is_mounted() {
         (&["--max-hold", "abc"][..], "--max-hold"),
         (&["--max-wait", "10 parsecs"][..], "--max-wait"),
         (&["--linger", "-1"][..], "-1"),
+        (
+            &["--max-hold", "99999999999999999999s"][..],
+            "longest allowed",
+        ),
         (&["--bogus"][..], "--bogus"),
     ] {
         assert_refused(mount_cmd(&state, args), &state, needle, limit);

@@ -608,7 +608,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
 
     fn enqueue(&mut self, now: Duration, key: &K, holder: Holder, ask: Ask) -> Admission {
         let id = WaitId(self.fresh_id());
-        let deadline = now + ask.max_wait.unwrap_or(self.policy.max_wait);
+        let deadline = now.saturating_add(ask.max_wait.unwrap_or(self.policy.max_wait));
         let entry = self.entries.get_mut(key).expect("entry exists");
         entry.queue.push_back(Waiter {
             id,
