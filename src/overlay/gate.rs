@@ -89,12 +89,8 @@ struct Parked {
 /// A process's handles on a file at the time one of its requests was issued.
 #[derive(Default)]
 struct HandlesAt {
-    /// Some handle was open (not closed by the program).
-    open: bool,
     /// Another thread's handle was open, and none of the requesting thread's.
     open_elsewhere: bool,
-    /// Handles closed by then whose RELEASE has not come yet.
-    closing: u32,
 }
 
 struct HandleLease {
@@ -362,16 +358,12 @@ impl Gate {
         let ask = Ask {
             intent,
             family: self.family_of(holder),
-            // A read issued while another thread had the file open is a second cycle, and so
-            // is one from a worker thread (Node's libuv pool, shared by `Promise.all`
-            // cycles) while any handle was open; the engine also counts uses granted whose
-            // handles are not open yet.
-            concurrent: intent == Intent::Read
-                && (handles.open_elsewhere || (caller.pid != holder.pid && handles.open)),
+            // A read issued while another thread had the file open is a second cycle (and
+            // the engine starts one for every read from a worker thread).
+            concurrent: intent == Intent::Read && handles.open_elsewhere,
             locked,
             replaces,
             thread: caller.pid,
-            closing: handles.closing,
             max_wait: None,
         };
         let mut engine = self.engine.lock();
@@ -448,7 +440,6 @@ impl Gate {
         let mut open_here = false;
         let mut open_elsewhere = false;
         let mut note_open = |tid: u32| {
-            at.open = true;
             if tid == caller.pid {
                 open_here = true;
             } else {
@@ -459,9 +450,8 @@ impl Gate {
             if lease.held.holder != holder || lease.held.key != *key {
                 continue;
             }
-            match lease.closed_at {
-                Some(closed) if closed < caller.unique => at.closing += 1,
-                _ => note_open(lease.tid),
+            if lease.closed_at.is_none_or(|closed| closed > caller.unique) {
+                note_open(lease.tid);
             }
         }
         // A handle closed and released since this request was issued was open then.
