@@ -157,7 +157,7 @@ fn s14_configstore_file_absent() {
 }
 
 #[test]
-#[ignore = "known gap: write-json-file reads the file a second time from a libuv pool thread before saving; such a read starts a cycle of its own (Promise.all cycles cannot be told apart from it), and about 8 of 100 acknowledged updates are lost per run"]
+#[ignore = "known gap: write-json-file reads the file a second time from a libuv pool thread before saving; such a read starts a cycle of its own (Promise.all cycles cannot be told apart from it), so under contention most saves are refused with ESTALE"]
 fn s14_write_json_file() {
     real_row("S14-write-json-file", S14_RUNS);
 }

@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::Hash;
 use std::time::Duration;
 
@@ -238,6 +238,11 @@ pub struct Engine<K> {
     pub(super) read_streaks: HashMap<(K, Holder), u32>,
     /// Leases tied to one that just ended, still to be ended in turn.
     pub(super) untied: Vec<(LeaseId, bool)>,
+    /// The processes that have tried to save each file: never counted as its readers,
+    /// however many read-only cycles they run. A program that reads twice per save
+    /// (write-json-file) ends a read-only cycle at each first read; counted as a reader,
+    /// its re-read took a fresh view and laundered the save built on the first read.
+    pub(super) savers: HashSet<(K, Holder)>,
     /// Each live lease by the deadline it was last scheduled for, so the timer never
     /// scans every lease (git add of 2,000 files spent 12 s of daemon CPU doing that).
     /// A deadline that moves later is found at the old one and filed again; every change
@@ -258,6 +263,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             commits: 0,
             read_streaks: HashMap::new(),
             untied: Vec::new(),
+            savers: HashSet::new(),
             deadlines: BTreeSet::new(),
         }
     }
@@ -300,6 +306,14 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     /// thread's handle is open (two cycles of one process). Requests that hold a kernel
     /// lock are answered now: granted, joined, fenced, or let through out of turn.
     pub fn request(&mut self, now: Duration, key: &K, holder: Holder, ask: Ask) -> Admission {
+        if ask.intent == Intent::Write {
+            if self.savers.len() >= SEEN_PRUNE_AT {
+                // Files forgotten since (temp names, mostly) need no memory of savers.
+                let entries = &self.entries;
+                self.savers.retain(|(file, _)| entries.contains_key(file));
+            }
+            self.savers.insert((key.clone(), holder));
+        }
         let admission = self.admit(now, key, holder, ask);
         if ask.intent == Intent::Write
             && matches!(admission, Admission::Granted(_) | Admission::OutOfTurn)
@@ -665,17 +679,12 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     /// never launder it. A process that has shown itself a reader (read-only cycles in a
     /// row), or that comes back after the maximum hold, reads afresh.
     fn view_for_new_read(&self, now: Duration, key: &K, holder: Holder, generation: u64) -> u64 {
-        let streak = self
-            .read_streaks
-            .get(&(key.clone(), holder))
-            .copied()
-            .unwrap_or(0);
         match self.seen.get(&(key.clone(), holder)) {
             Some(seen)
                 if !seen.committed
                     && !seen.absent
                     && !seen.inherited
-                    && streak < READER_STREAK
+                    && !self.is_reader(key, holder)
                     && now.saturating_sub(seen.at) <= self.policy.max_hold =>
             {
                 seen.generation.min(generation)
@@ -1002,19 +1011,22 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         }
     }
 
+    /// Whether `holder` has shown itself a reader of `key`: read-only cycles in a row, and
+    /// never a save.
+    fn is_reader(&self, key: &K, holder: Holder) -> bool {
+        let slot = (key.clone(), holder);
+        self.read_streaks.get(&slot).copied().unwrap_or(0) >= READER_STREAK
+            && !self.savers.contains(&slot)
+    }
+
     /// The linger of `holder`'s cycle on `key`: none for a process that keeps reading
     /// without saving, else what the file's read-to-save gaps call for.
     pub(super) fn linger_for(&self, key: &K, entry: &Entry, holder: Holder) -> Duration {
-        let streak = self
-            .read_streaks
-            .get(&(key.clone(), holder))
-            .copied()
-            .unwrap_or(0);
         let removed = matches!(
             entry.lease.as_ref().map(|lease| &lease.mode),
             Some(Mode::Exclusive { writing: true, .. })
         );
-        if streak >= READER_STREAK && !removed {
+        if self.is_reader(key, holder) && !removed {
             Duration::ZERO
         } else {
             entry.gaps.linger(&self.policy)
@@ -1169,6 +1181,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             keep
         });
         self.read_streaks.retain(|(key, _), _| !gone(key));
+        self.savers.retain(|(key, _)| !gone(key));
         self.entries
             .retain(|key, entry| !gone(key) || entry.lease.is_some() || !entry.queue.is_empty());
     }
@@ -1212,6 +1225,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 && self.out_of_date(now, key, waiter.holder, &waiter.ask)
             {
                 self.counters.fenced_commits += 1;
+                self.close_view(key, waiter.holder);
                 actions.push(Action::Fenced { wait: waiter.id });
                 continue;
             }

@@ -949,3 +949,27 @@ fn a_process_polling_a_file_lets_a_waiting_writer_in() {
     queued(e.request(ms(1200), &"s", A, ask(Intent::Read)));
     assert!(grants(&e.tick(ms(1300))).contains(&b));
 }
+
+#[test]
+fn a_process_that_saves_a_file_is_never_taken_for_its_reader() {
+    // write-json-file: read, re-read, save. Its first reads end as read-only cycles; were
+    // it counted a reader, the re-read would take a fresh view and launder the save.
+    let rename = Ask {
+        locked: true,
+        replaces: true,
+        ..ask(Intent::Write)
+    };
+    let mut e = engine();
+    let first = granted(e.request(ms(0), &"s", A, ask(Intent::Read)));
+    granted(e.request(ms(1), &"s", A, rename));
+    e.finish(ms(2), first.lease, A, Outcome::Committed);
+    for at in [100, 300] {
+        let read = granted(e.request(ms(at), &"s", A, ask(Intent::Read)));
+        e.finish(ms(at + 1), read.lease, A, Outcome::Read);
+        e.tick(ms(at + 150));
+    }
+    let b = granted(e.request(ms(500), &"s", B, ask(Intent::Read)));
+    e.finish(ms(501), b.lease, B, Outcome::Committed);
+    granted(e.request(ms(502), &"s", A, ask(Intent::Read)));
+    assert_eq!(e.request(ms(503), &"s", A, rename), Admission::Fenced);
+}
