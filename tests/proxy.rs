@@ -65,20 +65,23 @@ fn node_available() -> bool {
         .is_ok_and(|out| out.status.success())
 }
 
+/// `lockfs run ... -- node`: a Node process whose file access goes through `daemon`.
+fn node_through_the_shim(daemon: &Daemon) -> Command {
+    let mut command = Command::new(LOCKFS);
+    command
+        .arg("run")
+        .arg("--root")
+        .arg(&daemon.root)
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .args(["--", "node"]);
+    command
+}
+
 /// `node writer.js MODE STORE TAG COUNT`, through `lockfs run` when a daemon is given.
 fn writer(daemon: Option<&Daemon>, mode: &str, store: &Path, tag: &str, count: u32) -> Command {
     let mut command = match daemon {
-        Some(daemon) => {
-            let mut command = Command::new(LOCKFS);
-            command
-                .arg("run")
-                .arg("--root")
-                .arg(&daemon.root)
-                .arg("--socket")
-                .arg(&daemon.socket)
-                .args(["--", "node"]);
-            command
-        }
+        Some(daemon) => node_through_the_shim(daemon),
         None => Command::new("node"),
     };
     command
@@ -660,14 +663,9 @@ fn real_library_keeps_every_acknowledged_update(writer: &str) {
     let script = format!("{}/scripts/writers/{writer}", env!("CARGO_MANIFEST_DIR"));
     let writers: Vec<Command> = (0..4)
         .map(|n| {
-            let mut command = Command::new(LOCKFS);
+            let mut command = node_through_the_shim(&daemon);
             command
-                .arg("run")
-                .arg("--root")
-                .arg(&daemon.root)
-                .arg("--socket")
-                .arg(&daemon.socket)
-                .args(["--", "node", &script])
+                .arg(&script)
                 .arg(&state)
                 .args(["store.json", &format!("w{n}"), "25"])
                 .env("NODE_PATH", &node_path)

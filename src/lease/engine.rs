@@ -929,10 +929,8 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             if deadline <= now {
                 due.push((key, revoke));
             } else {
-                self.deadlines.insert((deadline, id));
-                if let Some(lease) = self.entries.get_mut(&key).and_then(|e| e.lease.as_mut()) {
-                    lease.scheduled = Some(deadline);
-                }
+                // Its deadline moved later since it was filed: file it again.
+                self.schedule(&key);
             }
         }
         for (key, revoke) in due {

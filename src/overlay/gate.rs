@@ -86,13 +86,6 @@ struct Parked {
 }
 
 /// The lease an open handle took, released with the handle.
-/// A process's handles on a file at the time one of its requests was issued.
-#[derive(Default)]
-struct HandlesAt {
-    /// Another thread's handle was open, and none of the requesting thread's.
-    open_elsewhere: bool,
-}
-
 struct HandleLease {
     held: Held,
     /// The thread that opened the handle, and the request id of the first close(2) seen
@@ -354,13 +347,12 @@ impl Gate {
             .lock()
             .remove(&(caller.pid, key.clone()))
             .is_some_and(|at| self.now().saturating_sub(at) < REFUSAL_RETRY);
-        let handles = self.handles_at(holder, caller, &key);
         let ask = Ask {
             intent,
             family: self.family_of(holder),
             // A read issued while another thread had the file open is a second cycle (and
             // the engine starts one for every read from a worker thread).
-            concurrent: intent == Intent::Read && handles.open_elsewhere,
+            concurrent: intent == Intent::Read && self.opened_elsewhere(holder, caller, &key),
             locked,
             replaces,
             thread: caller.pid,
@@ -433,10 +425,10 @@ impl Gate {
         }
     }
 
-    /// `holder`'s handles on `key` as they were when `caller`'s request was issued (the
-    /// kernel numbers requests in queue order; the daemon may admit them in another).
-    fn handles_at(&self, holder: ProcessId, caller: Caller, key: &FileKey) -> HandlesAt {
-        let mut at = HandlesAt::default();
+    /// Whether another thread of `holder` had `key` open, and `caller`'s thread had not,
+    /// when `caller`'s request was issued (the kernel numbers requests in queue order; the
+    /// daemon may admit them in another).
+    fn opened_elsewhere(&self, holder: ProcessId, caller: Caller, key: &FileKey) -> bool {
         let mut open_here = false;
         let mut open_elsewhere = false;
         let mut note_open = |tid: u32| {
@@ -460,8 +452,7 @@ impl Gate {
         {
             note_open(*tid);
         }
-        at.open_elsewhere = open_elsewhere && !open_here;
-        at
+        open_elsewhere && !open_here
     }
 
     /// The parent and grandparent of `process` (read once per process).
