@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod doctor;
+pub mod driver;
 pub mod lease;
 pub mod options;
 pub mod overlay;

@@ -8,23 +8,19 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use fuser::Errno;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use super::Caller;
 use super::core::Overlay;
 use super::handles::FileHandle;
 use super::inodes::{Inode, InodeKey, ROOT_ID};
-use crate::control::events;
-use crate::lease::{
-    Action, Admission, Ask, Counters, Engine, Grant, Intent, LeaseState, LeaseView, Outcome,
-    Policy, WaitId,
-};
-use crate::platform::{self, ExitWatch, ProcessId};
+use crate::driver::{Asker, Driver, Frontend, Granted, Refusal};
+use crate::lease::{Ask, Counters, Grant, Intent, LeaseView, Outcome, Policy};
+use crate::platform::ProcessId;
 use crate::sys;
 
 /// Tells, from a path relative to the mount root, whether the user excluded a file.
@@ -32,14 +28,6 @@ pub type ExcludeFn = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// A file as the lease engine names it: its directory's nodeid and its name there.
 pub type FileKey = (u64, OsString);
-
-/// How often parked waiters are checked for a pending SIGKILL: the kernel does not let a
-/// killed process go until its request is answered, and fuser drops FUSE_INTERRUPT.
-const DYING_WAITER_POLL: Duration = Duration::from_millis(50);
-
-/// How long a thread id is trusted to name the same process without asking /proc again.
-/// A tid is reused only after the kernel has cycled through the whole pid space.
-const THREAD_CACHE_TTL: Duration = Duration::from_secs(1);
 
 /// How long after a refusal the kernel's retry of it is expected (it comes at once).
 const REFUSAL_RETRY: Duration = Duration::from_secs(1);
@@ -78,13 +66,6 @@ impl Held {
 
 type Continuation = Box<dyn FnOnce(Result<Held, Errno>) + Send>;
 
-struct Parked {
-    tid: u32,
-    holder: ProcessId,
-    key: FileKey,
-    run: Continuation,
-}
-
 /// The lease an open handle took, released with the handle.
 struct HandleLease {
     held: Held,
@@ -108,8 +89,7 @@ struct Written {
 
 pub struct Gate {
     core: Arc<Overlay>,
-    engine: Mutex<Engine<FileKey>>,
-    parked: Mutex<HashMap<WaitId, Parked>>,
+    driver: Arc<Driver<FileKey>>,
     handle_leases: Mutex<HashMap<u64, HandleLease>>,
     /// Leases kept for an open answered with ESTALE: the kernel's retry takes them.
     retries: Mutex<HashMap<(u32, FileKey), (Held, Duration)>>,
@@ -120,22 +100,12 @@ pub struct Gate {
     /// fresh lookup whose "not found" must not pass for a new view of the file.
     refused: Mutex<HashMap<(u32, FileKey), Duration>>,
     recent_writes: Mutex<HashMap<ProcessId, VecDeque<Written>>>,
-    commands: Mutex<HashMap<ProcessId, String>>,
-    exits: OnceLock<Arc<ExitWatch>>,
     excludes: Option<ExcludeFn>,
-    threads: Mutex<HashMap<u32, (ProcessId, Duration)>>,
-    /// Each watched process's parent and grandparent, read once.
-    families: Mutex<HashMap<ProcessId, [Option<ProcessId>; 2]>>,
-    /// When the timer thread plans to wake next (nanoseconds since `epoch`).
-    planned_wake: AtomicU64,
-    wake: Condvar,
-    wake_lock: Mutex<bool>,
-    epoch: Instant,
 }
 
 impl Gate {
-    /// Starts the lease layer with its timer and exit-watch threads. `user_excluded` gets
-    /// paths relative to the mount root.
+    /// Starts the lease layer and its driver. `user_excluded` gets paths relative to the
+    /// mount root.
     pub fn start(
         core: Arc<Overlay>,
         policy: Policy,
@@ -143,39 +113,21 @@ impl Gate {
     ) -> std::io::Result<Arc<Gate>> {
         let gate = Arc::new(Gate {
             core,
-            engine: Mutex::new(Engine::new(policy)),
-            parked: Mutex::new(HashMap::new()),
+            driver: Driver::start(policy)?,
             handle_leases: Mutex::new(HashMap::new()),
             retries: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashMap::new()),
             released_closes: Mutex::new(HashMap::new()),
             recent_writes: Mutex::new(HashMap::new()),
-            commands: Mutex::new(HashMap::new()),
-            exits: OnceLock::new(),
             excludes: user_excluded,
-            threads: Mutex::new(HashMap::new()),
-            families: Mutex::new(HashMap::new()),
-            planned_wake: AtomicU64::new(0),
-            wake: Condvar::new(),
-            wake_lock: Mutex::new(false),
-            epoch: Instant::now(),
         });
-        let weak = Arc::downgrade(&gate);
-        let watch = ExitWatch::start(move |process| {
-            if let Some(gate) = weak.upgrade() {
-                gate.process_exited(process);
-            }
-        })?;
-        let _ = gate.exits.set(watch);
-        let weak = Arc::downgrade(&gate);
-        std::thread::Builder::new()
-            .name("lockfs-timer".into())
-            .spawn(move || timer_loop(weak))?;
+        let frontend: Arc<dyn Frontend<FileKey>> = gate.clone();
+        gate.driver.attach(Arc::downgrade(&frontend));
         Ok(gate)
     }
 
     fn now(&self) -> Duration {
-        self.epoch.elapsed()
+        self.driver.now()
     }
 
     pub fn passthrough(&self) -> bool {
@@ -183,15 +135,12 @@ impl Gate {
     }
 
     pub fn policy(&self) -> Policy {
-        self.engine.lock().policy().clone()
+        self.driver.policy()
     }
 
     /// Leases and queues with paths relative to the mount root, and the counters.
     pub fn status(&self) -> (Vec<LeaseView<String>>, Counters) {
-        let engine = self.engine.lock();
-        let views = engine.snapshot(self.now());
-        let counters = engine.counters().clone();
-        drop(engine);
+        let (views, counters) = self.driver.status();
         let views = views
             .into_iter()
             .map(|view| LeaseView {
@@ -206,13 +155,9 @@ impl Gate {
         (views, counters)
     }
 
-    /// The command line of a process that held or waited for a lease (read while alive).
+    /// The command line of a process that held or waited for a lease.
     pub fn command_of(&self, process: ProcessId) -> String {
-        self.commands
-            .lock()
-            .get(&process)
-            .cloned()
-            .unwrap_or_else(|| platform::command_line(process.pid))
+        self.driver.command_of(process)
     }
 
     /// Revokes the lease on `path` (relative to the mount root) by hand.
@@ -220,21 +165,20 @@ impl Gate {
         let key = self
             .key_of_path(path)
             .ok_or_else(|| format!("{path}: no such file in the mount"))?;
-        let actions = self.engine.lock().revoke(self.now(), &key);
-        if actions.is_empty() {
+        let holders = self.driver.revoke(&key);
+        if holders.is_empty() {
             return Ok(format!("{path}: no lease to break"));
         }
-        let mut said = Vec::new();
-        for action in &actions {
-            if let Action::Revoked { holder, .. } = action {
-                said.push(format!(
+        let said: Vec<String> = holders
+            .into_iter()
+            .map(|holder| {
+                format!(
                     "revoked the lease on {path} held by pid {} ({})",
                     holder.pid,
-                    self.command_of(*holder)
-                ));
-            }
-        }
-        self.execute(actions);
+                    self.command_of(holder)
+                )
+            })
+            .collect();
         Ok(said.join("\n"))
     }
 
@@ -317,7 +261,7 @@ impl Gate {
     /// `locked`: the request holds a kernel directory or inode lock while it waits, so it
     /// is answered at once (see [`crate::lease::Ask::locked`]).
     pub fn admit(
-        &self,
+        self: &Arc<Self>,
         caller: Caller,
         key: FileKey,
         intent: Intent,
@@ -325,12 +269,11 @@ impl Gate {
         replaces: bool,
         run: Continuation,
     ) {
-        let holder = match self.process_of_thread(caller.pid) {
+        let holder = match self.driver.process_of_thread(caller.pid) {
             Ok(holder) => holder,
             // The caller is gone already: nobody waits for this answer.
             Err(_) => return run(Err(Errno::EINTR)),
         };
-        self.watch(holder);
         let retry = self.retries.lock().remove(&(caller.pid, key.clone()));
         if let Some((held, _)) = retry {
             tracing::trace!(path = %self.path_of(&key), tid = caller.pid, "admit: retry keeps its lease");
@@ -339,7 +282,6 @@ impl Gate {
                 ..held
             }));
         }
-        self.reap_dead_holders(&key, holder);
         // The kernel's one retry of a refusal is refused again, but arms nothing: the
         // program's own next attempt looks the name up afresh.
         let kernel_retry = self
@@ -348,64 +290,45 @@ impl Gate {
             .remove(&(caller.pid, key.clone()))
             .is_some_and(|at| self.now().saturating_sub(at) < REFUSAL_RETRY);
         let ask = Ask {
-            intent,
-            family: self.family_of(holder),
             // A read issued while another thread had the file open is a second cycle (and
             // the engine starts one for every read from a worker thread).
             concurrent: intent == Intent::Read && self.opened_elsewhere(holder, caller, &key),
             locked,
             replaces,
             thread: caller.pid,
-            max_wait: None,
+            ..Ask::new(intent)
         };
-        let mut engine = self.engine.lock();
-        let admission = engine.request(self.now(), &key, holder, ask);
-        tracing::trace!(path = %self.path_of(&key), pid = holder.pid, tid = caller.pid, ?ask, ?admission, "admit");
-        match admission {
-            Admission::Granted(grant) => {
-                drop(engine);
-                self.notify_timer();
-                run(Ok(Held::granted(grant, holder, key)))
-            }
-            Admission::OutOfTurn => {
-                let generation = engine.generation(&key);
-                drop(engine);
-                let grant = Grant {
-                    lease: crate::lease::LeaseId(0),
-                    generation,
+        let asker = Asker {
+            process: holder,
+            thread: Some(caller.pid),
+        };
+        let gate = Arc::clone(self);
+        let answer_key = key.clone();
+        self.driver.request(
+            key,
+            asker,
+            ask,
+            Box::new(move |answer| {
+                let answer = match answer {
+                    Ok(Granted { grant, out_of_turn }) => Ok(Held {
+                        out_of_turn,
+                        ..Held::granted(grant, holder, answer_key)
+                    }),
+                    Err(refusal) => {
+                        if refusal == Refusal::Fenced && !kernel_retry {
+                            gate.note_refused(caller.pid, &answer_key);
+                        }
+                        Err(errno_of(refusal))
+                    }
                 };
-                run(Ok(Held {
-                    out_of_turn: true,
-                    ..Held::granted(grant, holder, key)
-                }))
-            }
-            Admission::Fenced => {
-                drop(engine);
-                if !kernel_retry {
-                    self.note_refused(caller.pid, &key);
-                }
-                self.log_fenced(&key, holder);
-                run(Err(Errno::ESTALE))
-            }
-            Admission::Queued(wait) => {
-                self.parked.lock().insert(
-                    wait,
-                    Parked {
-                        tid: caller.pid,
-                        holder,
-                        key,
-                        run,
-                    },
-                );
-                drop(engine);
-                self.notify_timer();
-            }
-        }
+                run(answer)
+            }),
+        );
     }
 
     /// The directory `nodeid` was removed: forget the lease history of its files.
     pub fn forget_dir(&self, nodeid: u64) {
-        self.engine.lock().forget_files(|key| key.0 == nodeid);
+        self.driver.forget_files(|key| key.0 == nodeid);
     }
 
     /// A lookup by `caller` found nothing at `key`: the absence is what its cycle read.
@@ -419,9 +342,8 @@ impl Gate {
         if retrying {
             return;
         }
-        if let Ok(holder) = self.process_of_thread(caller.pid) {
-            self.watch(holder);
-            self.engine.lock().saw_missing(self.now(), key, holder);
+        if let Ok(holder) = self.driver.process_of_thread(caller.pid) {
+            self.driver.saw_missing(key, holder);
         }
     }
 
@@ -455,51 +377,16 @@ impl Gate {
         open_elsewhere && !open_here
     }
 
-    /// The parent and grandparent of `process` (read once per process).
-    fn family_of(&self, process: ProcessId) -> [Option<ProcessId>; 2] {
-        if let Some(family) = self.families.lock().get(&process) {
-            return *family;
-        }
-        let parent = platform::parent_of(process);
-        let family = [parent, parent.and_then(platform::parent_of)];
-        self.families.lock().insert(process, family);
-        family
-    }
-
-    /// A holder whose exit is not reported yet must not keep anyone waiting.
-    fn reap_dead_holders(&self, key: &FileKey, asking: ProcessId) {
-        let others = self.engine.lock().holders_of(key);
-        for other in others {
-            if other != asking && !platform::is_alive(other) {
-                self.process_exited(other);
-            }
-        }
-    }
-
     /// Ends one use of a lease with `outcome`.
     pub fn finish(&self, held: &Held, outcome: Outcome) {
         tracing::trace!(path = %self.path_of(&held.key), pid = held.holder.pid, ?outcome, "finish");
-        let now = self.now();
         if held.out_of_turn {
             let wrote = outcome != Outcome::Read;
-            self.engine
-                .lock()
-                .commit_out_of_turn(now, &held.key, held.holder, wrote);
-            if wrote {
-                events::out_of_turn(
-                    &self.path_of(&held.key),
-                    held.holder,
-                    Some(&self.command_of(held.holder)),
-                );
-            }
+            self.driver
+                .commit_out_of_turn(&held.key, held.holder, wrote);
             return;
         }
-        let actions = self
-            .engine
-            .lock()
-            .finish(now, held.grant.lease, held.holder, outcome);
-        self.notify_timer();
-        self.execute(actions);
+        self.driver.finish(held.grant.lease, held.holder, outcome);
     }
 
     /// Keeps a granted lease whose open is answered with ESTALE (the name now points at
@@ -597,7 +484,7 @@ impl Gate {
     /// that lock while the exec waits for this reply (a deadlock seen in the tests). The
     /// thread cache says which process a known thread belongs to.
     pub fn flushed(&self, fh: u64, tid: u32, unique: u64) {
-        let cached = self.threads.lock().get(&tid).map(|(process, _)| *process);
+        let cached = self.driver.cached_process_of_thread(tid);
         if let Some(lease) = self.handle_leases.lock().get_mut(&fh)
             && (lease.tid == tid || cached == Some(lease.held.holder))
         {
@@ -624,23 +511,14 @@ impl Gate {
         let wrote =
             lease.writes && (lease.truncated_or_created || fingerprint(handle) != lease.before);
         let held = &lease.held;
-        let mut engine = self.engine.lock();
         if wrote {
-            engine.activity(self.now(), held.holder);
+            self.driver.activity(held.holder);
         }
         // A temp file written while its process reads another file of the directory stays
         // leased until that cycle ends: nobody may truncate it before its rename.
-        if lease.truncated_or_created {
-            let cycle = engine.leases_of(held.holder).into_iter().find(|key| {
-                key.0 == held.key.0 && *key != held.key && engine.is_reading(key, held.holder)
-            });
-            if let Some(cycle) = cycle
-                && engine.tie(&held.key, held.holder, wrote, &cycle, true)
-            {
-                return;
-            }
+        if lease.truncated_or_created && self.driver.tie_to_cycle(&held.key, held.holder, wrote) {
+            return;
         }
-        drop(engine);
         let outcome = if wrote {
             Outcome::Committed
         } else {
@@ -663,102 +541,7 @@ impl Gate {
             list.pop_front();
         }
         drop(recent);
-        self.engine.lock().activity(self.now(), holder);
-    }
-
-    fn watch(&self, process: ProcessId) {
-        let Some(exits) = self.exits.get() else {
-            return;
-        };
-        if self.commands.lock().contains_key(&process) {
-            return;
-        }
-        // Read outside the lock: /proc of a process in execve can block for a while.
-        let command = platform::command_line(process.pid);
-        if self.commands.lock().insert(process, command).is_some() {
-            return;
-        }
-        if exits.watch(process).is_err() {
-            self.process_exited(process);
-        }
-    }
-
-    /// A process that held or waited for leases exited. A cycle it was reading passes to
-    /// its parent, with the temp files it wrote beside that file tied to it.
-    pub fn process_exited(&self, process: ProcessId) {
-        let written = self
-            .recent_writes
-            .lock()
-            .remove(&process)
-            .unwrap_or_default();
-        // Read, not taken: the exit watcher and a request that found the holder dead may
-        // report one exit at once, and both must pass its cycle to the same parent.
-        let family = self.families.lock().get(&process).copied();
-        let parent = family
-            .and_then(|family| family[0])
-            .filter(|parent| platform::is_alive(*parent));
-        if let Some(parent) = parent {
-            self.watch(parent);
-        }
-        let mut engine = self.engine.lock();
-        let held = engine.leases_of(process);
-        // Mid-cycle: a handle still open, a save under way, or a temp file written next to
-        // the file (a closed, lingering read is just a reader that exited).
-        let mid_cycle: Vec<FileKey> = engine
-            .snapshot(self.now())
-            .into_iter()
-            .filter(|view| held.contains(&view.key))
-            .filter(|view| {
-                view.state == LeaseState::Writing
-                    || view
-                        .holders
-                        .iter()
-                        .any(|h| h.process == process && h.handles > 0)
-                    || written
-                        .iter()
-                        .any(|w| w.parent == view.key.0 && w.name != view.key.1)
-            })
-            .map(|view| view.key)
-            .collect();
-        for cycle in &held {
-            for temp in written
-                .iter()
-                .filter(|w| w.parent == cycle.0 && w.name != cycle.1 && self.names_ino(w))
-            {
-                let temp_key = (temp.parent, temp.name.clone());
-                engine.tie(&temp_key, process, true, cycle, false);
-            }
-        }
-        tracing::trace!(pid = process.pid, ?held, ?parent, "holder exited");
-        let actions = engine.holder_exited(self.now(), process, parent);
-        drop(engine);
-        let command = self.command_of(process);
-        for key in held {
-            if !mid_cycle.contains(&key) {
-                tracing::debug!(path = %self.path_of(&key), pid = process.pid, "reader exited");
-                continue;
-            }
-            if engine_holds(&self.engine.lock(), &key, parent) {
-                // The normal end of a shell pipeline's reader: not worth a warning.
-                tracing::debug!(path = %self.path_of(&key), pid = process.pid, "cycle passed to the parent process");
-                continue;
-            }
-            let reason = "its lease passes to the next in line; the file keeps its last commit";
-            events::holder_died_mid_cycle(&self.path_of(&key), process, Some(&command), reason);
-        }
-        self.commands.lock().remove(&process);
-        self.families.lock().remove(&process);
-        self.threads
-            .lock()
-            .retain(|_, (cached, _)| *cached != process);
-        self.retries
-            .lock()
-            .retain(|_, (held, _)| held.holder != process);
-        self.released_closes
-            .lock()
-            .retain(|(holder, _), _| *holder != process);
-        self.notify_timer();
-        self.execute(actions);
+        self.driver.activity(holder);
     }
 
     fn names_ino(&self, written: &Written) -> bool {
@@ -772,44 +555,6 @@ impl Gate {
             .is_ok_and(|st| st.st_ino == written.ino)
     }
 
-    /// Acts on the engine's answers: runs parked continuations, logs revocations.
-    fn execute(&self, actions: Vec<Action<FileKey>>) {
-        for action in actions {
-            let (wait, outcome) = match action {
-                Action::Granted { wait, grant } => (wait, Ok(grant)),
-                Action::Fenced { wait } => (wait, Err(Errno::ESTALE)),
-                Action::TimedOut { wait } => (wait, Err(Errno::ETIMEDOUT)),
-                Action::Abandoned { wait } => (wait, Err(Errno::EINTR)),
-                Action::Revoked {
-                    key,
-                    holder,
-                    reason,
-                } => {
-                    events::revocation(
-                        &self.path_of(&key),
-                        holder,
-                        Some(&self.command_of(holder)),
-                        events::revocation_reason(reason),
-                    );
-                    continue;
-                }
-            };
-            let parked = self.parked.lock().remove(&wait);
-            let Some(parked) = parked else {
-                continue;
-            };
-            tracing::trace!(path = %self.path_of(&parked.key), pid = parked.holder.pid, tid = parked.tid, ?wait, ?outcome, "answer");
-            if outcome == Err(Errno::ESTALE) {
-                self.note_refused(parked.tid, &parked.key);
-                self.log_fenced(&parked.key, parked.holder);
-            }
-            let Parked {
-                holder, key, run, ..
-            } = parked;
-            run(outcome.map(|grant| Held::granted(grant, holder, key)));
-        }
-    }
-
     fn note_refused(&self, tid: u32, key: &FileKey) {
         let now = self.now();
         let mut refused = self.refused.lock();
@@ -818,102 +563,45 @@ impl Gate {
         }
         refused.insert((tid, key.clone()), now);
     }
+}
 
-    fn log_fenced(&self, key: &FileKey, holder: ProcessId) {
-        events::fenced_commit(
-            &self.path_of(key),
-            holder,
-            Some(&self.command_of(holder)),
-            "the file changed since this process last saw it; refused with ESTALE",
-        );
+impl Frontend<FileKey> for Gate {
+    fn describe(&self, key: &FileKey) -> String {
+        self.path_of(key)
     }
 
-    /// The process of thread `tid`, from a short-lived cache of /proc answers.
-    fn process_of_thread(&self, tid: u32) -> std::io::Result<ProcessId> {
-        let now = self.now();
-        if let Some((process, at)) = self.threads.lock().get(&tid)
-            && now.saturating_sub(*at) < THREAD_CACHE_TTL
-        {
-            return Ok(*process);
-        }
-        let process = platform::process_of_thread(tid)?;
-        let mut threads = self.threads.lock();
-        if threads.len() > 4096 {
-            threads.retain(|_, (_, at)| now.saturating_sub(*at) < THREAD_CACHE_TTL);
-        }
-        threads.insert(tid, (process, now));
-        Ok(process)
-    }
-
-    /// Wakes the timer thread only when something is due before it planned to wake.
-    fn notify_timer(&self) {
-        let next = self.engine.lock().next_deadline();
-        let poll = (!self.parked.lock().is_empty()).then(|| self.now() + DYING_WAITER_POLL);
-        let due = match (next, poll) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => return,
-        };
-        if (due.as_nanos() as u64) >= self.planned_wake.load(Ordering::Acquire) {
-            return;
-        }
-        let mut woken = self.wake_lock.lock();
-        *woken = true;
-        self.wake.notify_one();
-    }
-
-    /// One pass of the timer: due deadlines, and parked waiters whose thread is dying.
-    fn tick(&self) -> Option<Duration> {
-        self.expire_retries();
-        let actions = self.engine.lock().tick(self.now());
-        self.execute(actions);
-        let dying: Vec<WaitId> = self
-            .parked
+    /// The files the process wrote that still name what it wrote: temp files, maybe.
+    fn exited(&self, process: ProcessId) -> Vec<FileKey> {
+        let written = self
+            .recent_writes
             .lock()
-            .iter()
-            .filter(|(_, parked)| platform::thread_is_dying(parked.tid))
-            .map(|(wait, _)| *wait)
-            .collect();
-        for wait in dying {
-            let actions = self.engine.lock().cancel(self.now(), wait);
-            let parked = self.parked.lock().remove(&wait);
-            if let Some(parked) = parked {
-                (parked.run)(Err(Errno::EINTR));
-            }
-            self.execute(actions);
-        }
-        let next = self.engine.lock().next_deadline();
-        let busy = !self.parked.lock().is_empty() || !self.retries.lock().is_empty();
-        let poll = busy.then(|| self.now() + DYING_WAITER_POLL);
-        let next = match (next, poll) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        next.map(|at| at.saturating_sub(self.now()))
+            .remove(&process)
+            .unwrap_or_default();
+        self.retries
+            .lock()
+            .retain(|_, (held, _)| held.holder != process);
+        self.released_closes
+            .lock()
+            .retain(|(holder, _), _| *holder != process);
+        written
+            .into_iter()
+            .filter(|written| self.names_ino(written))
+            .map(|written| (written.parent, written.name))
+            .collect()
+    }
+
+    fn tick(&self) -> bool {
+        self.expire_retries();
+        !self.retries.lock().is_empty()
     }
 }
 
-fn timer_loop(gate: Weak<Gate>) {
-    loop {
-        let Some(strong) = gate.upgrade() else {
-            return;
-        };
-        let sleep = strong.tick().unwrap_or(Duration::from_secs(1));
-        let wake_at = strong.now() + sleep;
-        strong
-            .planned_wake
-            .store(wake_at.as_nanos() as u64, Ordering::Release);
-        let mut woken = strong.wake_lock.lock();
-        if !*woken {
-            strong.wake.wait_for(&mut woken, sleep);
-        }
-        *woken = false;
+fn errno_of(refusal: Refusal) -> Errno {
+    match refusal {
+        Refusal::Fenced => Errno::ESTALE,
+        Refusal::TimedOut => Errno::ETIMEDOUT,
+        Refusal::Abandoned => Errno::EINTR,
     }
-}
-
-/// Whether `process` holds the lease on `key` now.
-fn engine_holds(engine: &Engine<FileKey>, key: &FileKey, process: Option<ProcessId>) -> bool {
-    process.is_some_and(|process| engine.holders_of(key).first() == Some(&process))
 }
 
 fn fingerprint(handle: &FileHandle) -> Option<(i64, i64, i64, i64, i64)> {

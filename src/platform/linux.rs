@@ -150,36 +150,72 @@ pub fn peer_credentials(stream: &impl AsRawFd) -> io::Result<PeerCredentials> {
 }
 
 /// Calls back once when a watched process exits, noticed through a pidfd (not polling).
+/// Its thread stops when the watch is dropped.
 pub struct ExitWatch {
+    inner: Arc<Watched>,
+}
+
+struct Watched {
     epoll: OwnedFd,
+    /// An eventfd in the epoll set: written when the watch is dropped.
+    stop: OwnedFd,
     watched: Mutex<HashMap<ProcessId, OwnedFd>>,
     by_fd: Mutex<HashMap<RawFd, ProcessId>>,
 }
+
+/// The epoll token of the stop eventfd (pidfds are registered under their fd number).
+const STOP_TOKEN: u64 = u64::MAX;
 
 impl ExitWatch {
     /// Starts the watcher thread; `on_exit` runs on it for each watched process that exits.
     pub fn start(on_exit: impl Fn(ProcessId) + Send + 'static) -> io::Result<Arc<ExitWatch>> {
         // SAFETY: epoll_create1 returns a new fd or -1.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
             return Err(io::Error::last_os_error());
         }
-        let watch = Arc::new(ExitWatch {
-            // SAFETY: fd is a fresh descriptor we own.
-            epoll: unsafe { OwnedFd::from_raw_fd(fd) },
+        // SAFETY: epoll is a fresh descriptor we own.
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        // SAFETY: eventfd returns a new fd or -1.
+        let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if stop < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: stop is a fresh descriptor we own.
+        let stop = unsafe { OwnedFd::from_raw_fd(stop) };
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: STOP_TOKEN,
+        };
+        // SAFETY: both fds are valid; event is a valid epoll_event.
+        let rc = unsafe {
+            libc::epoll_ctl(
+                epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                stop.as_raw_fd(),
+                &mut event,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let inner = Arc::new(Watched {
+            epoll,
+            stop,
             watched: Mutex::new(HashMap::new()),
             by_fd: Mutex::new(HashMap::new()),
         });
-        let worker = Arc::clone(&watch);
+        let worker = Arc::clone(&inner);
         std::thread::Builder::new()
             .name("lockfs-exitwatch".into())
             .spawn(move || worker.run(on_exit))?;
-        Ok(watch)
+        Ok(Arc::new(ExitWatch { inner }))
     }
 
     /// Watches `process`; if it is already gone, reports that at once with `Err`.
     pub fn watch(&self, process: ProcessId) -> io::Result<()> {
-        let mut watched = self.watched.lock();
+        let inner = &self.inner;
+        let mut watched = inner.watched.lock();
         if watched.contains_key(&process) {
             return Ok(());
         }
@@ -200,24 +236,37 @@ impl ExitWatch {
         };
         // SAFETY: both fds are valid; event is a valid epoll_event.
         let rc = unsafe {
-            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, raw, &mut event)
+            libc::epoll_ctl(
+                inner.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                raw,
+                &mut event,
+            )
         };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
-        self.by_fd.lock().insert(raw, process);
+        inner.by_fd.lock().insert(raw, process);
         watched.insert(process, pidfd);
         Ok(())
     }
+}
 
-    /// Stops watching `process` (it holds no lease any more).
-    pub fn unwatch(&self, process: ProcessId) {
-        if let Some(fd) = self.watched.lock().remove(&process) {
-            self.by_fd.lock().remove(&fd.as_raw_fd());
-            // Closing the fd removes it from the epoll set.
-        }
+impl Drop for ExitWatch {
+    fn drop(&mut self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
+        unsafe {
+            libc::write(
+                self.inner.stop.as_raw_fd(),
+                (&one as *const u64).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
     }
+}
 
+impl Watched {
     fn run(&self, on_exit: impl Fn(ProcessId)) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 64];
         loop {
@@ -231,6 +280,9 @@ impl ExitWatch {
                 return;
             }
             for event in &events[..n as usize] {
+                if event.u64 == STOP_TOKEN {
+                    return;
+                }
                 let raw = event.u64 as RawFd;
                 let process = {
                     let mut watched = self.watched.lock();
@@ -283,5 +335,18 @@ mod tests {
         child.wait().unwrap();
         let exited = rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
         assert_eq!(exited, process);
+    }
+
+    #[test]
+    fn dropping_the_watch_stops_its_thread() {
+        let (tx, rx) = std::sync::mpsc::channel::<ProcessId>();
+        let watch = ExitWatch::start(move |p| {
+            let _ = tx.send(p);
+        })
+        .unwrap();
+        drop(watch);
+        // The thread owned the only sender: it is dropped when the thread returns.
+        let ended = rx.recv_timeout(std::time::Duration::from_secs(20));
+        assert_eq!(ended, Err(std::sync::mpsc::RecvTimeoutError::Disconnected));
     }
 }
