@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lockfs::control::{ControlHandler, DaemonInfo, Server, StatusReport, client};
-use lockfs::lease::{Counters, HolderView, Intent, LeaseState, LeaseView, Policy, WaiterView};
+use lockfs::driver::{Asker, Driver};
+use lockfs::lease::{Ask, Counters, HolderView, Intent, LeaseState, LeaseView, Policy, WaiterView};
 use lockfs::platform::ProcessId;
 
 struct FakeDaemon {
@@ -336,20 +337,19 @@ fn which(name: &str) -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
-/// The wiring the overlay does: the real engine behind the control socket.
-struct EngineDaemon {
-    engine: Mutex<lockfs::lease::Engine<String>>,
+/// The wiring the front ends do: the real lease driver behind the control socket.
+struct DriverDaemon {
+    driver: Arc<Driver<String>>,
     epoch: Instant,
     policy: Policy,
 }
 
-impl ControlHandler for EngineDaemon {
+impl ControlHandler for DriverDaemon {
     fn status(&self) -> StatusReport {
-        let engine = self.engine.lock().unwrap();
-        let now = self.epoch.elapsed();
+        let (views, counters) = self.driver.status();
         StatusReport::from_engine(
-            engine.snapshot(now),
-            engine.counters(),
+            views,
+            &counters,
             |key: &String| key.clone(),
             DaemonInfo {
                 mount: Path::new("/engine/mount"),
@@ -362,18 +362,26 @@ impl ControlHandler for EngineDaemon {
 
     fn break_lease(&self, path: &Path) -> Result<String, String> {
         let key = path.to_string_lossy().into_owned();
-        let mut engine = self.engine.lock().unwrap();
-        let now = self.epoch.elapsed();
-        let (message, _actions) = lockfs::control::revoke_by_hand(&mut engine, now, &key, &key);
-        Ok(message)
+        let holders = self.driver.revoke(&key);
+        if holders.is_empty() {
+            return Ok(format!("no lease on {key}"));
+        }
+        let named: Vec<String> = holders
+            .iter()
+            .map(|holder| format!("pid {}", holder.pid))
+            .collect();
+        Ok(format!(
+            "revoked lease on {key} held by {}",
+            named.join(", ")
+        ))
     }
 }
 
 #[test]
-fn the_real_engine_behind_the_socket() {
+fn the_real_driver_behind_the_socket() {
     let policy = Policy::default();
-    let daemon = Arc::new(EngineDaemon {
-        engine: Mutex::new(lockfs::lease::Engine::new(policy.clone())),
+    let daemon = Arc::new(DriverDaemon {
+        driver: Driver::start(policy.clone()).unwrap(),
         epoch: Instant::now(),
         policy,
     });
@@ -382,13 +390,20 @@ fn the_real_engine_behind_the_socket() {
         pid: 1,
         start_time: lockfs::platform::start_time(1).unwrap(),
     };
-    {
-        let mut engine = daemon.engine.lock().unwrap();
-        let now = daemon.epoch.elapsed();
-        let key = "openclaw.json".to_string();
-        engine.acquire(now, &key, me, Intent::Write, None);
-        engine.acquire(now, &key, other, Intent::Read, None);
+    let (granted, answers) = std::sync::mpsc::channel();
+    for (process, intent) in [(me, Intent::Write), (other, Intent::Read)] {
+        let granted = granted.clone();
+        daemon.driver.request(
+            "openclaw.json".to_string(),
+            Asker {
+                process,
+                thread: None,
+            },
+            Ask::new(intent),
+            Box::new(move |answer| granted.send((process, answer.is_ok())).unwrap()),
+        );
     }
+    assert_eq!(answers.recv().unwrap(), (me, true));
     let tmp = tempfile::tempdir().unwrap();
     let socket = socket_in(tmp.path());
     let _server = Server::start(&socket, daemon.clone()).unwrap();
@@ -408,10 +423,11 @@ fn the_real_engine_behind_the_socket() {
     let report = client::status(&socket).unwrap();
     assert_eq!(report.counters["revocations"], 1);
     assert_eq!(
-        report.leases[0].holder.as_ref().unwrap().pid,
-        1,
+        answers.recv_timeout(Duration::from_secs(20)).unwrap(),
+        (other, true),
         "the waiter got it"
     );
+    assert_eq!(report.leases[0].holder.as_ref().unwrap().pid, 1);
     assert_eq!(
         client::break_lease(&socket, "absent.json").unwrap(),
         "no lease on absent.json"

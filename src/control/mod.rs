@@ -5,7 +5,6 @@
 
 pub mod client;
 pub mod events;
-mod manual_break;
 pub mod mounts;
 pub mod protocol;
 pub mod report;
@@ -21,7 +20,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 
-pub use manual_break::revoke_by_hand;
 pub use report::{DaemonInfo, StatusReport};
 pub use server::{ControlHandler, Server, ServerHandle};
 pub use socket_path::{

@@ -36,8 +36,8 @@ use self::processes::Processes;
 use self::timer::{Ticking, Timer};
 use crate::control::events;
 use crate::lease::{
-    Action, Admission, Ask, Counters, Engine, Grant, LeaseId, LeaseState, LeaseView, Outcome,
-    Policy, WaitId,
+    Action, Admission, Ask, Counters, EndReason, Engine, Grant, LeaseId, LeaseState, LeaseView,
+    Outcome, Policy, WaitId,
 };
 use crate::platform::{self, ExitWatch, ProcessId};
 
@@ -96,7 +96,7 @@ pub trait Frontend<K>: Send + Sync {
         Vec::new()
     }
     /// The lease of `holder` on `key` was revoked (it is logged already).
-    fn revoked(&self, _key: &K, _holder: ProcessId) {}
+    fn revoked(&self, _key: &K, _holder: ProcessId, _reason: EndReason) {}
     /// Housekeeping on the timer thread; true while the front end wants another pass soon.
     fn tick(&self) -> bool {
         false
@@ -222,7 +222,6 @@ impl<K: Key> Driver<K> {
         };
         let mut engine = self.engine.lock();
         let admission = engine.request(self.now(), &key, process, ask);
-        tracing::trace!(path = %self.describe(&key), pid = process.pid, tid = asker.thread, ?ask, ?admission, "admit");
         let answer = match admission {
             Admission::Granted(grant) => Ok(Granted {
                 grant,
@@ -237,13 +236,20 @@ impl<K: Key> Driver<K> {
             }),
             Admission::Fenced => Err(Refusal::Fenced),
             Admission::Queued(wait) => {
-                self.parked.lock().insert(wait, Parked { asker, key, run });
+                let parked = Parked {
+                    asker,
+                    key: key.clone(),
+                    run,
+                };
+                self.parked.lock().insert(wait, parked);
                 drop(engine);
+                tracing::trace!(path = %self.describe(&key), pid = process.pid, tid = asker.thread, ?ask, ?admission, "admit");
                 self.wake_timer();
                 return Some(wait);
             }
         };
         drop(engine);
+        tracing::trace!(path = %self.describe(&key), pid = process.pid, tid = asker.thread, ?ask, ?admission, "admit");
         match answer {
             Err(_) => self.log_fenced(&key, process),
             Ok(granted) if !granted.out_of_turn => self.wake_timer(),
@@ -412,7 +418,7 @@ impl<K: Key> Driver<K> {
                         events::revocation_reason(reason),
                     );
                     if let Some(frontend) = self.frontend() {
-                        frontend.revoked(&key, holder);
+                        frontend.revoked(&key, holder, reason);
                     }
                     continue;
                 }

@@ -1,20 +1,23 @@
-//! The daemon: connections in, lease engine decisions out, renames done here.
+//! The daemon: connections in, lease driver calls out, renames done here.
 //!
 //! Every connection is one client process, named by the kernel (SO_PEERCRED) and its start
-//! time. The engine's holder is that process; a connection's leases end when it closes, at
-//! once when the process died (pidfd), after the engine's linger when it merely hung up.
-//! All state sits behind one mutex: each event is short (a map update and at most one
-//! rename), so there is nothing to gain from finer locks.
+//! time. The driver's holder is that process; a connection's leases end when it closes, at
+//! once when the process died, after the engine's linger when it merely hung up.
+//!
+//! The connection table sits behind one mutex, held only for map updates: never while the
+//! driver is called, since the driver answers parked requests through continuations that
+//! take it. A request the driver parks is answered by its continuation, on whichever thread
+//! the answer comes.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 use super::endpoint;
 use super::paths::{self, Root};
@@ -22,10 +25,10 @@ use super::protocol::{
     ErrorCode, Event, MAX_LINE_BYTES, PROTOCOL_VERSION, Reply, Request, WireIntent, parse_request,
     to_line,
 };
-use crate::lease::{
-    Action, Admission, Ask, Engine, Grant, Intent, LeaseId, Outcome, Policy, WaitId,
-};
-use crate::platform::{self, ExitWatch, ProcessId};
+use crate::control::events;
+use crate::driver::{Answer, Asker, Driver, Frontend, Refusal};
+use crate::lease::{Ask, EndReason, Grant, Intent, LeaseId, Outcome, Policy, WaitId};
+use crate::platform::{self, ProcessId};
 
 type ConnId = u64;
 
@@ -47,81 +50,80 @@ struct Connection {
     waits: Vec<WaitId>,
 }
 
-/// A request the engine parked, answered when its wait ends.
-enum Parked {
-    Acquire {
-        conn: ConnId,
-        id: u64,
-        key: String,
-        append: bool,
-    },
-    Commit(CommitRequest),
-}
-
+#[derive(Clone)]
 struct CommitRequest {
     conn: ConnId,
+    holder: ProcessId,
     id: u64,
     key: String,
     temp: Option<String>,
     lease: Option<u64>,
 }
 
-struct State {
-    engine: Engine<String>,
-    epoch: Instant,
-    root: Root,
-    connections: HashMap<ConnId, Connection>,
-    parked: HashMap<WaitId, Parked>,
-    connections_of: HashMap<ProcessId, usize>,
+#[derive(Default)]
+struct Connections {
+    by_id: HashMap<ConnId, Connection>,
+    count_of: HashMap<ProcessId, usize>,
+    /// Read acquires asked of the driver and not answered yet, by process and file: a
+    /// second one from the same process is a second cycle even before the first is granted.
+    reads_in_flight: HashMap<(ProcessId, String), usize>,
     next_id: u64,
+}
+
+impl Connections {
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// A read acquire of `holder` on `key` was answered.
+    fn read_answered(&mut self, holder: ProcessId, key: &str) {
+        let slot = (holder, key.to_string());
+        if let Some(count) = self.reads_in_flight.get_mut(&slot) {
+            *count -= 1;
+            if *count == 0 {
+                self.reads_in_flight.remove(&slot);
+            }
+        }
+    }
+}
+
+/// What every task of the daemon shares.
+struct Shared {
+    driver: Arc<Driver<String>>,
+    root: Root,
+    connections: Mutex<Connections>,
+    /// Held from judging whether a read is a second cycle of its process until the driver
+    /// has it, so that two reads of one process are judged in the order they are asked.
+    /// Never taken by a continuation.
+    judging: Mutex<()>,
 }
 
 /// A daemon serving one root; cheap to clone into tasks.
 #[derive(Clone)]
 pub struct Server {
-    state: Arc<Mutex<State>>,
-    wake_timer: Arc<Notify>,
-    exits: Arc<ExitWatch>,
+    shared: Arc<Shared>,
 }
 
 impl Server {
     pub fn new(root: &std::path::Path, policy: Policy) -> std::io::Result<Server> {
-        let state = Arc::new(Mutex::new(State {
-            engine: Engine::new(policy),
-            epoch: Instant::now(),
+        let shared = Arc::new(Shared {
+            driver: Driver::start(policy)?,
             root: Root::open(root)?,
-            connections: HashMap::new(),
-            parked: HashMap::new(),
-            connections_of: HashMap::new(),
-            next_id: 1,
-        }));
-        let wake_timer = Arc::new(Notify::new());
-        let exits = {
-            let state = Arc::clone(&state);
-            let wake_timer = Arc::clone(&wake_timer);
-            ExitWatch::start(move |process| {
-                let mut state = state.lock();
-                let now = state.now();
-                tracing::debug!(pid = process.pid, "client process exited");
-                let actions = state.engine.holder_exited(now, process, None);
-                state.dispatch(actions);
-                wake_timer.notify_one();
-            })?
-        };
-        Ok(Server {
-            state,
-            wake_timer,
-            exits,
-        })
+            connections: Mutex::new(Connections::default()),
+            judging: Mutex::new(()),
+        });
+        let frontend: Arc<dyn Frontend<String>> = shared.clone();
+        shared.driver.attach(Arc::downgrade(&frontend));
+        Ok(Server { shared })
     }
 
     pub fn root(&self) -> PathBuf {
-        self.state.lock().root.path().to_path_buf()
+        self.shared.root.path().to_path_buf()
     }
 
-    /// Accepts connections on `listener` and runs the engine's timers, forever.
+    /// Accepts connections on `listener`, forever (the driver runs the timers).
     pub async fn run(self, listener: tokio::net::UnixListener) -> std::io::Result<()> {
-        tokio::spawn(self.clone().run_timers());
         loop {
             let (stream, _) = listener.accept().await?;
             let server = self.clone();
@@ -130,30 +132,6 @@ impl Server {
                     tracing::debug!("connection ended: {err}");
                 }
             });
-        }
-    }
-
-    async fn run_timers(self) {
-        loop {
-            let deadline = self.state.lock().engine.next_deadline();
-            let epoch = self.state.lock().epoch;
-            match deadline {
-                Some(deadline) => {
-                    let at = tokio::time::Instant::from_std(epoch + deadline);
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(at) => {}
-                        _ = self.wake_timer.notified() => continue,
-                    }
-                }
-                None => {
-                    self.wake_timer.notified().await;
-                    continue;
-                }
-            }
-            let mut state = self.state.lock();
-            let now = state.now();
-            let actions = state.engine.tick(now);
-            state.dispatch(actions);
         }
     }
 
@@ -172,7 +150,7 @@ impl Server {
         }
         let holder = platform::process(peer.pid)?;
         let (outbox, mut outgoing) = mpsc::unbounded_channel::<String>();
-        let conn = self.register(holder, outbox.clone());
+        let conn = self.shared.register(holder, outbox.clone());
         let writer = tokio::spawn(async move {
             while let Some(line) = outgoing.recv().await {
                 if write_half.write_all(line.as_bytes()).await.is_err() {
@@ -203,14 +181,13 @@ impl Server {
                     ErrorCode::UnsupportedVersion,
                     "send hello with a version first",
                 )),
-                Ok(request) => self.handle(conn, request),
+                Ok(request) => self.shared.handle(conn, holder, request),
             };
             if let Some(reply) = reply {
                 let _ = outbox.send(to_line(&reply));
             }
-            self.wake_timer.notify_one();
         };
-        self.unregister(conn);
+        self.shared.unregister(conn);
         drop(outbox);
         let _ = writer.await;
         result
@@ -231,11 +208,45 @@ impl Server {
             ..Reply::ok(id)
         }
     }
+}
 
+impl Frontend<String> for Shared {
+    fn describe(&self, key: &String) -> String {
+        key.clone()
+    }
+
+    /// Tells the holder's connections that their uses of `key` are gone.
+    fn revoked(&self, key: &String, holder: ProcessId, reason: EndReason) {
+        let reason = match reason {
+            EndReason::MaxHold => "max_hold",
+            EndReason::Manual => "manual",
+        };
+        let mut connections = self.connections.lock();
+        for connection in connections.by_id.values_mut() {
+            if connection.holder != holder {
+                continue;
+            }
+            for (lease, taken) in connection.uses.iter_mut() {
+                if taken.key == *key && !taken.revoked {
+                    taken.revoked = true;
+                    let event = Event {
+                        event: "revoked".into(),
+                        lease: *lease,
+                        path: key.clone(),
+                        reason: reason.into(),
+                    };
+                    let _ = connection.outbox.send(to_line(&event));
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
     fn register(&self, holder: ProcessId, outbox: mpsc::UnboundedSender<String>) -> ConnId {
-        let mut state = self.state.lock();
-        let conn = state.fresh_id();
-        state.connections.insert(
+        let mut connections = self.connections.lock();
+        let conn = connections.fresh_id();
+        connections.by_id.insert(
             conn,
             Connection {
                 holder,
@@ -244,57 +255,50 @@ impl Server {
                 waits: Vec::new(),
             },
         );
-        *state.connections_of.entry(holder).or_default() += 1;
-        drop(state);
-        if let Err(err) = self.exits.watch(holder) {
-            tracing::debug!(pid = holder.pid, "cannot watch client exit: {err}");
-        }
+        *connections.count_of.entry(holder).or_default() += 1;
+        drop(connections);
+        // Watched from the start: a process that hung up and then dies frees its
+        // lingering leases at once.
+        self.driver.watch(holder);
         conn
     }
 
     fn unregister(&self, conn: ConnId) {
-        let mut state = self.state.lock();
-        let now = state.now();
-        let Some(connection) = state.connections.remove(&conn) else {
+        let mut connections = self.connections.lock();
+        let Some(connection) = connections.by_id.remove(&conn) else {
             return;
         };
         let holder = connection.holder;
-        let mut actions = Vec::new();
-        for wait in connection.waits {
-            state.parked.remove(&wait);
-            actions.extend(state.engine.cancel(now, wait));
-        }
         let last = {
-            let count = state.connections_of.entry(holder).or_default();
+            let count = connections.count_of.entry(holder).or_default();
             *count = count.saturating_sub(1);
             *count == 0
         };
+        if last {
+            connections.count_of.remove(&holder);
+        }
+        drop(connections);
+        for wait in connection.waits {
+            self.driver.cancel(wait);
+        }
         if last && !platform::is_alive(holder) {
-            actions.extend(state.engine.holder_exited(now, holder, None));
-        } else {
-            for (_, taken) in connection.uses {
-                if !taken.released {
-                    actions.extend(state.engine.finish(
-                        now,
-                        taken.engine_lease,
-                        holder,
-                        Outcome::Read,
-                    ));
-                }
+            self.driver.process_exited(holder);
+            return;
+        }
+        for taken in connection.uses.into_values() {
+            if !taken.released {
+                self.driver
+                    .finish(taken.engine_lease, holder, Outcome::Read);
             }
         }
-        if last {
-            state.connections_of.remove(&holder);
-        }
-        state.dispatch(actions);
-        drop(state);
-        // The exit watch stays: a process that hung up and then dies still frees its
-        // lingering leases at once.
-        self.wake_timer.notify_one();
     }
 
-    fn handle(&self, conn: ConnId, request: Request) -> Option<Reply> {
-        let mut state = self.state.lock();
+    fn handle(
+        self: &Arc<Self>,
+        conn: ConnId,
+        holder: ProcessId,
+        request: Request,
+    ) -> Option<Reply> {
         match request {
             Request::Hello { .. } => unreachable!("hello is answered before"),
             Request::Acquire {
@@ -302,37 +306,49 @@ impl Server {
                 path,
                 intent,
                 wait_ms,
-            } => state.acquire(conn, id, &path, intent, wait_ms),
-            Request::Renew { id, lease } => Some(state.renew(conn, id, lease)),
-            Request::Release { id, lease } => Some(state.release(conn, id, lease)),
+            } => self.acquire(conn, holder, id, &path, intent, wait_ms),
+            Request::Renew { id, lease } => Some(self.renew(conn, id, lease)),
+            Request::Release { id, lease } => Some(self.release(conn, holder, id, lease)),
             Request::Commit {
                 id,
                 path,
                 lease,
                 temp,
                 wait_ms,
-            } => state.commit(conn, id, &path, lease, temp.as_deref(), wait_ms),
+            } => self.commit(conn, holder, id, &path, lease, temp.as_deref(), wait_ms),
         }
     }
-}
 
-impl State {
-    fn now(&self) -> Duration {
-        self.epoch.elapsed()
-    }
-
-    fn fresh_id(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
-    }
-
-    fn holder(&self, conn: ConnId) -> ProcessId {
-        self.connections[&conn].holder
+    /// Asks the driver; the continuation answers the client, now or once the wait ends.
+    fn ask_driver(
+        self: &Arc<Self>,
+        conn: ConnId,
+        key: String,
+        holder: ProcessId,
+        ask: Ask,
+        answer: impl FnOnce(&Arc<Shared>, Answer) -> Option<Reply> + Send + 'static,
+    ) {
+        let shared = Arc::clone(self);
+        let asker = Asker {
+            process: holder,
+            thread: None,
+        };
+        let run = Box::new(move |outcome: Answer| {
+            if let Some(reply) = answer(&shared, outcome) {
+                shared.send(conn, &to_line(&reply));
+            }
+        });
+        if let Some(wait) = self.driver.request(key, asker, ask, run)
+            && let Some(connection) = self.connections.lock().by_id.get_mut(&conn)
+        {
+            connection.waits.push(wait);
+        }
     }
 
     fn acquire(
-        &mut self,
+        self: &Arc<Self>,
         conn: ConnId,
+        holder: ProcessId,
         id: u64,
         path: &str,
         intent: WireIntent,
@@ -348,55 +364,75 @@ impl State {
         // is a second cycle (two tasks of one process) and queues behind the first, as
         // the overlay does for a second thread. A commit later joins the cycle as a write.
         let engine_intent = if append { Intent::Append } else { Intent::Read };
-        let holder = self.holder(conn);
-        let now = self.now();
-        let connection = self.connections.get_mut(&conn).expect("live connection");
-        connection
-            .uses
-            .retain(|_, taken| !(taken.released && taken.key == key));
-        let concurrent = !append
-            && self
-                .connections
-                .values()
-                .filter(|other| other.holder == holder)
-                .flat_map(|other| other.uses.values())
-                .any(|taken| taken.key == key && !taken.released && !taken.append);
+        let _judging = self.judging.lock();
+        let concurrent = {
+            let mut connections = self.connections.lock();
+            if let Some(connection) = connections.by_id.get_mut(&conn) {
+                connection
+                    .uses
+                    .retain(|_, taken| !(taken.released && taken.key == key));
+            }
+            if append {
+                false
+            } else {
+                let slot = (holder, key.clone());
+                let in_flight = connections.reads_in_flight.get(&slot).copied();
+                *connections.reads_in_flight.entry(slot).or_default() += 1;
+                in_flight.is_some()
+                    || connections
+                        .by_id
+                        .values()
+                        .filter(|other| other.holder == holder)
+                        .flat_map(|other| other.uses.values())
+                        .any(|taken| taken.key == key && !taken.released && !taken.append)
+            }
+        };
         let ask = Ask {
             concurrent,
             max_wait: wait_ms.map(Duration::from_millis),
             ..Ask::new(engine_intent)
         };
-        match self.engine.request(now, &key, holder, ask) {
-            Admission::Granted(grant) => Some(self.grant_use(conn, id, key, append, grant)),
-            Admission::Queued(wait) => {
-                self.park(
-                    conn,
-                    wait,
-                    Parked::Acquire {
-                        conn,
-                        id,
-                        key,
-                        append,
-                    },
-                );
-                None
+        self.ask_driver(conn, key.clone(), holder, ask, move |shared, answer| {
+            if !matches!(answer, Ok(granted) if !granted.out_of_turn) && !append {
+                shared.connections.lock().read_answered(holder, &key);
             }
-            Admission::Fenced | Admission::OutOfTurn => {
-                Some(Reply::error(id, ErrorCode::Fenced, "fenced"))
+            match answer {
+                // An acquire holds no kernel lock: it is never let through out of turn.
+                Ok(granted) if !granted.out_of_turn => {
+                    shared.grant_use(conn, holder, id, key, append, granted.grant)
+                }
+                Ok(_) | Err(Refusal::Fenced) => Some(Reply::error(id, ErrorCode::Fenced, "fenced")),
+                Err(Refusal::TimedOut) => Some(Reply::error(
+                    id,
+                    ErrorCode::Timeout,
+                    "waited past the limit",
+                )),
+                Err(Refusal::Abandoned) => None,
             }
-        }
+        });
+        None
     }
 
+    /// Records a granted acquire; a connection gone meanwhile gives the lease back.
     fn grant_use(
-        &mut self,
+        &self,
         conn: ConnId,
+        holder: ProcessId,
         id: u64,
         key: String,
         append: bool,
         grant: Grant,
-    ) -> Reply {
-        let lease = self.fresh_id();
-        let connection = self.connections.get_mut(&conn).expect("live connection");
+    ) -> Option<Reply> {
+        let mut connections = self.connections.lock();
+        if !append {
+            connections.read_answered(holder, &key);
+        }
+        let lease = connections.fresh_id();
+        let Some(connection) = connections.by_id.get_mut(&conn) else {
+            drop(connections);
+            self.driver.finish(grant.lease, holder, Outcome::Read);
+            return None;
+        };
         connection.uses.insert(
             lease,
             Use {
@@ -408,37 +444,38 @@ impl State {
                 revoked: false,
             },
         );
-        Reply {
+        Some(Reply {
             lease: Some(lease),
             generation: Some(grant.generation),
             ..Reply::ok(id)
-        }
+        })
     }
 
-    fn park(&mut self, conn: ConnId, wait: WaitId, parked: Parked) {
-        self.parked.insert(wait, parked);
-        if let Some(connection) = self.connections.get_mut(&conn) {
-            connection.waits.push(wait);
-        }
-    }
-
-    fn renew(&mut self, conn: ConnId, id: u64, lease: u64) -> Reply {
-        let max_hold_ms = self.engine.policy().max_hold.as_millis() as u64;
-        match self.connections[&conn].uses.get(&lease) {
+    fn renew(&self, conn: ConnId, id: u64, lease: u64) -> Reply {
+        let max_hold_ms = self.driver.policy().max_hold.as_millis() as u64;
+        let taken = self
+            .connections
+            .lock()
+            .by_id
+            .get(&conn)
+            .and_then(|connection| connection.uses.get(&lease))
+            .map(|taken| (taken.key.clone(), taken.revoked));
+        match taken {
             None => Reply::error(id, ErrorCode::UnknownLease, format!("no lease {lease}")),
-            Some(taken) => Reply {
-                held: Some(!taken.revoked),
+            Some((key, revoked)) => Reply {
+                held: Some(!revoked),
                 max_hold_ms: Some(max_hold_ms),
-                generation: Some(self.engine.generation(&taken.key)),
+                generation: Some(self.driver.generation(&key)),
                 ..Reply::ok(id)
             },
         }
     }
 
-    fn release(&mut self, conn: ConnId, id: u64, lease: u64) -> Reply {
-        let now = self.now();
-        let holder = self.holder(conn);
-        let connection = self.connections.get_mut(&conn).expect("live connection");
+    fn release(&self, conn: ConnId, holder: ProcessId, id: u64, lease: u64) -> Reply {
+        let mut connections = self.connections.lock();
+        let Some(connection) = connections.by_id.get_mut(&conn) else {
+            return Reply::ok(id);
+        };
         let Some(taken) = connection.uses.get_mut(&lease) else {
             return Reply::error(id, ErrorCode::UnknownLease, format!("no lease {lease}"));
         };
@@ -451,14 +488,16 @@ impl State {
         if taken.append {
             connection.uses.remove(&lease);
         }
-        let actions = self.engine.finish(now, engine_lease, holder, Outcome::Read);
-        self.dispatch(actions);
+        drop(connections);
+        self.driver.finish(engine_lease, holder, Outcome::Read);
         Reply::ok(id)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn commit(
-        &mut self,
+        self: &Arc<Self>,
         conn: ConnId,
+        holder: ProcessId,
         id: u64,
         path: &str,
         lease: Option<u64>,
@@ -480,53 +519,15 @@ impl State {
                 "temp names the target",
             ));
         }
-        let holder = self.holder(conn);
-        let now = self.now();
         if let Some(lease) = lease {
-            let Some(taken) = self.connections[&conn].uses.get(&lease) else {
-                return Some(Reply::error(
-                    id,
-                    ErrorCode::UnknownLease,
-                    format!("no lease {lease}"),
-                ));
-            };
-            if taken.key != key {
-                return Some(Reply::error(
-                    id,
-                    ErrorCode::BadRequest,
-                    format!("lease {lease} is on {}, not {key}", taken.key),
-                ));
-            }
-            if taken.append {
-                if temp.is_some() {
-                    return Some(Reply::error(
-                        id,
-                        ErrorCode::BadRequest,
-                        "an append commits no temp",
-                    ));
-                }
-                let engine_lease = taken.engine_lease;
-                let released = taken.released;
-                self.connections
-                    .get_mut(&conn)
-                    .expect("live")
-                    .uses
-                    .remove(&lease);
-                if released {
-                    return Some(Reply::ok(id));
-                }
-                let actions = self
-                    .engine
-                    .finish(now, engine_lease, holder, Outcome::Committed);
-                self.dispatch(actions);
-                return Some(Reply {
-                    generation: Some(self.engine.generation(&key)),
-                    ..Reply::ok(id)
-                });
+            match self.commit_append(conn, holder, id, &key, lease, temp.is_some()) {
+                AppendCommit::NotAnAppend => {}
+                AppendCommit::Answered(reply) => return Some(reply),
             }
         }
         let request = CommitRequest {
             conn,
+            holder,
             id,
             key,
             temp,
@@ -535,110 +536,158 @@ impl State {
         if let Some(reply) = self.fence_moved_cycle(&request) {
             return Some(reply);
         }
-        let wait = wait_ms.map(Duration::from_millis);
-        match self
-            .engine
-            .acquire(now, &request.key, holder, Intent::Write, wait)
-        {
-            Admission::Granted(grant) => Some(self.apply_commit(request, grant)),
-            Admission::Queued(wait) => {
-                self.park(conn, wait, Parked::Commit(request));
-                None
+        let ask = Ask {
+            max_wait: wait_ms.map(Duration::from_millis),
+            ..Ask::new(Intent::Write)
+        };
+        let key = request.key.clone();
+        self.ask_driver(conn, key, holder, ask, move |shared, answer| match answer {
+            Ok(granted) if !granted.out_of_turn => {
+                let grant = granted.grant;
+                match shared.fence_moved_cycle(&request) {
+                    Some(reply) => {
+                        shared.driver.finish(grant.lease, holder, Outcome::Read);
+                        Some(reply)
+                    }
+                    None => Some(shared.apply_commit(request, grant)),
+                }
             }
-            Admission::Fenced | Admission::OutOfTurn => {
-                Some(self.refuse_fenced(request, "the file changed since this process read it"))
-            }
+            Ok(_) | Err(Refusal::Fenced) => Some(shared.refuse_fenced(request, None)),
+            Err(Refusal::TimedOut) => Some(Reply::error(
+                request.id,
+                ErrorCode::Timeout,
+                "waited past the limit",
+            )),
+            Err(Refusal::Abandoned) => None,
+        });
+        None
+    }
+
+    /// A commit naming an append use: it ends that use (appends commit no temp).
+    fn commit_append(
+        &self,
+        conn: ConnId,
+        holder: ProcessId,
+        id: u64,
+        key: &str,
+        lease: u64,
+        has_temp: bool,
+    ) -> AppendCommit {
+        let mut connections = self.connections.lock();
+        let Some(connection) = connections.by_id.get_mut(&conn) else {
+            return AppendCommit::Answered(Reply::ok(id));
+        };
+        let Some(taken) = connection.uses.get(&lease) else {
+            return AppendCommit::Answered(Reply::error(
+                id,
+                ErrorCode::UnknownLease,
+                format!("no lease {lease}"),
+            ));
+        };
+        if taken.key != key {
+            return AppendCommit::Answered(Reply::error(
+                id,
+                ErrorCode::BadRequest,
+                format!("lease {lease} is on {}, not {key}", taken.key),
+            ));
         }
+        if !taken.append {
+            return AppendCommit::NotAnAppend;
+        }
+        if has_temp {
+            return AppendCommit::Answered(Reply::error(
+                id,
+                ErrorCode::BadRequest,
+                "an append commits no temp",
+            ));
+        }
+        let engine_lease = taken.engine_lease;
+        let released = taken.released;
+        connection.uses.remove(&lease);
+        drop(connections);
+        if released {
+            return AppendCommit::Answered(Reply::ok(id));
+        }
+        self.driver.finish(engine_lease, holder, Outcome::Committed);
+        AppendCommit::Answered(Reply {
+            generation: Some(self.driver.generation(&key.to_string())),
+            ..Reply::ok(id)
+        })
     }
 
     /// Fencing per cycle: the engine fences per process; a cycle named by its lease is also
     /// refused when anyone (even another cycle of the same process) committed since its grant.
-    fn fence_moved_cycle(&mut self, request: &CommitRequest) -> Option<Reply> {
+    fn fence_moved_cycle(&self, request: &CommitRequest) -> Option<Reply> {
         let lease = request.lease?;
-        let taken = self.connections.get(&request.conn)?.uses.get(&lease)?;
-        let current = self.engine.generation(&request.key);
-        if taken.generation == current {
+        let (granted_at, engine_lease, released, revoked) = {
+            let connections = self.connections.lock();
+            let taken = connections.by_id.get(&request.conn)?.uses.get(&lease)?;
+            (
+                taken.generation,
+                taken.engine_lease,
+                taken.released,
+                taken.revoked,
+            )
+        };
+        let current = self.driver.generation(&request.key);
+        if granted_at == current {
             return None;
         }
         let why = format!(
-            "the file moved from generation {} to {current} during this cycle{}",
-            taken.generation,
-            if taken.revoked {
+            "the file moved from generation {granted_at} to {current} during this cycle{}",
+            if revoked {
                 " (its lease was revoked)"
             } else {
                 ""
             }
         );
-        let engine_lease = taken.engine_lease;
-        let released = taken.released;
-        let holder = self.holder(request.conn);
         if !released {
-            let now = self.now();
-            let actions = self.engine.finish(now, engine_lease, holder, Outcome::Read);
-            self.dispatch(actions);
+            self.driver
+                .finish(engine_lease, request.holder, Outcome::Read);
         }
-        Some(self.refuse_fenced(
-            CommitRequest {
-                conn: request.conn,
-                id: request.id,
-                key: request.key.clone(),
-                temp: request.temp.clone(),
-                lease: request.lease,
-            },
-            &why,
-        ))
+        Some(self.refuse_fenced(request.clone(), Some(&why)))
     }
 
-    fn refuse_fenced(&mut self, request: CommitRequest, why: &str) -> Reply {
-        let holder = self.connections.get(&request.conn).map(|c| c.holder);
-        tracing::warn!(
-            path = %request.key,
-            pid = holder.map(|h| h.pid),
-            command = holder.map(|h| platform::command_line(h.pid)),
-            "fenced commit refused: {why}"
-        );
+    /// Refuses a commit; `why` when this daemon decided it (the driver logs its own).
+    fn refuse_fenced(&self, request: CommitRequest, why: Option<&str>) -> Reply {
+        if let Some(why) = why {
+            events::fenced_commit(&request.key, request.holder, None, why);
+        }
         if let Some(temp) = &request.temp
             && let Err(err) = self.root.remove(temp)
         {
             tracing::debug!(temp = %temp, "could not remove a fenced temp file: {err}");
         }
-        if let (Some(lease), Some(connection)) =
-            (request.lease, self.connections.get_mut(&request.conn))
+        if let Some(lease) = request.lease
+            && let Some(connection) = self.connections.lock().by_id.get_mut(&request.conn)
         {
             connection.uses.remove(&lease);
         }
+        let why = why.unwrap_or("the file changed since this process read it");
         Reply::error(request.id, ErrorCode::Fenced, format!("fenced: {why}"))
     }
 
     /// The commit holds the write now: rename, then end the cycle.
-    fn apply_commit(&mut self, request: CommitRequest, grant: Grant) -> Reply {
-        let now = self.now();
-        let Some(holder) = self.connections.get(&request.conn).map(|c| c.holder) else {
-            return Reply::ok(request.id);
-        };
+    fn apply_commit(&self, request: CommitRequest, grant: Grant) -> Reply {
+        let holder = request.holder;
         if let Some(temp) = &request.temp
             && let Err(err) = self.root.rename(temp, &request.key)
         {
-            let actions = self.engine.finish(now, grant.lease, holder, Outcome::Read);
-            self.dispatch(actions);
+            self.driver.finish(grant.lease, holder, Outcome::Read);
             return Reply::error(
                 request.id,
                 paths::error_code(&err),
                 format!("rename: {err}"),
             );
         }
-        let actions = self
-            .engine
-            .finish(now, grant.lease, holder, Outcome::Committed);
-        if let (Some(lease), Some(connection)) =
-            (request.lease, self.connections.get_mut(&request.conn))
+        if let Some(lease) = request.lease
+            && let Some(connection) = self.connections.lock().by_id.get_mut(&request.conn)
         {
             connection.uses.remove(&lease);
         }
-        let generation = self.engine.generation(&request.key);
-        self.dispatch(actions);
+        self.driver.finish(grant.lease, holder, Outcome::Committed);
         Reply {
-            generation: Some(generation),
+            generation: Some(self.driver.generation(&request.key)),
             ..Reply::ok(request.id)
         }
     }
@@ -651,115 +700,17 @@ impl State {
         Ok(key)
     }
 
-    /// Acts on the engine's decisions; granting a parked commit may decide more.
-    fn dispatch(&mut self, actions: Vec<Action<String>>) {
-        let mut pending: std::collections::VecDeque<Action<String>> = actions.into();
-        while let Some(action) = pending.pop_front() {
-            match action {
-                Action::Granted { wait, grant } => {
-                    let Some(parked) = self.unpark(wait) else {
-                        continue;
-                    };
-                    let (conn, reply) = match parked {
-                        Parked::Acquire {
-                            conn,
-                            id,
-                            key,
-                            append,
-                        } => (conn, self.grant_use(conn, id, key, append, grant)),
-                        Parked::Commit(request) => {
-                            let conn = request.conn;
-                            let reply = match self.fence_moved_cycle(&request) {
-                                Some(reply) => {
-                                    let now = self.now();
-                                    let holder = self.holder(conn);
-                                    pending.extend(self.engine.finish(
-                                        now,
-                                        grant.lease,
-                                        holder,
-                                        Outcome::Read,
-                                    ));
-                                    reply
-                                }
-                                None => self.apply_commit(request, grant),
-                            };
-                            (conn, reply)
-                        }
-                    };
-                    self.send(conn, &to_line(&reply));
-                }
-                Action::Fenced { wait } => {
-                    if let Some(Parked::Commit(request)) = self.unpark(wait) {
-                        let conn = request.conn;
-                        let reply = self
-                            .refuse_fenced(request, "the file changed since this process read it");
-                        self.send(conn, &to_line(&reply));
-                    }
-                }
-                Action::TimedOut { wait } => {
-                    if let Some(parked) = self.unpark(wait) {
-                        let (conn, id) = match parked {
-                            Parked::Acquire { conn, id, .. } => (conn, id),
-                            Parked::Commit(request) => (request.conn, request.id),
-                        };
-                        let reply = Reply::error(id, ErrorCode::Timeout, "waited past the limit");
-                        self.send(conn, &to_line(&reply));
-                    }
-                }
-                Action::Abandoned { wait } => {
-                    self.unpark(wait);
-                }
-                Action::Revoked {
-                    key,
-                    holder,
-                    reason,
-                } => self.mark_revoked(&key, holder, reason),
-            }
-        }
-    }
-
-    fn unpark(&mut self, wait: WaitId) -> Option<Parked> {
-        let parked = self.parked.remove(&wait)?;
-        let conn = match &parked {
-            Parked::Acquire { conn, .. } => *conn,
-            Parked::Commit(request) => request.conn,
-        };
-        if let Some(connection) = self.connections.get_mut(&conn) {
-            connection.waits.retain(|w| *w != wait);
-        }
-        Some(parked)
-    }
-
-    fn mark_revoked(&mut self, key: &str, holder: ProcessId, reason: crate::lease::EndReason) {
-        let reason = match reason {
-            crate::lease::EndReason::MaxHold => "max_hold",
-            crate::lease::EndReason::Manual => "manual",
-        };
-        tracing::warn!(path = %key, pid = holder.pid, reason, "lease revoked");
-        for connection in self.connections.values_mut() {
-            if connection.holder != holder {
-                continue;
-            }
-            for (lease, taken) in connection.uses.iter_mut() {
-                if taken.key == key && !taken.revoked {
-                    taken.revoked = true;
-                    let event = Event {
-                        event: "revoked".into(),
-                        lease: *lease,
-                        path: key.to_string(),
-                        reason: reason.into(),
-                    };
-                    let _ = connection.outbox.send(to_line(&event));
-                }
-            }
-        }
-    }
-
     fn send(&self, conn: ConnId, line: &str) {
-        if let Some(connection) = self.connections.get(&conn) {
+        let mut connections = self.connections.lock();
+        if let Some(connection) = connections.by_id.get_mut(&conn) {
             let _ = connection.outbox.send(line.to_string());
         }
     }
+}
+
+enum AppendCommit {
+    NotAnAppend,
+    Answered(Reply),
 }
 
 impl Reply {
