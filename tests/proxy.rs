@@ -9,74 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::proxy_daemon::{Daemon, node_available, node_through_the_shim, npm_deps};
 use common::{LOCKFS, state_dir, wait_until};
 
 const WRITER: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/fixtures/proxy/writer.js"
 );
-
-/// A `lockfs serve` on a socket inside the test's temp dir; killed by pid on drop.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    root: PathBuf,
-}
-
-impl Daemon {
-    fn start(root: &Path, extra: &[&str]) -> Daemon {
-        let socket = root.parent().unwrap().join("lockfs.sock");
-        let child = Command::new(LOCKFS)
-            .args(["serve", "--root"])
-            .arg(root)
-            .arg("--socket")
-            .arg(&socket)
-            .args(extra)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start lockfs serve");
-        let up = wait_until(Duration::from_secs(20), || {
-            UnixStream::connect(&socket).is_ok()
-        });
-        assert!(up, "lockfs serve did not come up");
-        Daemon {
-            child,
-            socket,
-            root: root.to_path_buf(),
-        }
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn node_available() -> bool {
-    Command::new("node")
-        .arg("--version")
-        .output()
-        .is_ok_and(|out| out.status.success())
-}
-
-/// `lockfs run ... -- node`: a Node process whose file access goes through `daemon`.
-fn node_through_the_shim(daemon: &Daemon) -> Command {
-    let mut command = Command::new(LOCKFS);
-    command
-        .arg("run")
-        .arg("--root")
-        .arg(&daemon.root)
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .args(["--", "node"]);
-    command
-}
 
 /// `node writer.js MODE STORE TAG COUNT`, through `lockfs run` when a daemon is given.
 fn writer(daemon: Option<&Daemon>, mode: &str, store: &Path, tag: &str, count: u32) -> Command {
@@ -634,19 +573,6 @@ fn serve_listens_on_the_default_endpoint_with_mode_0600() {
 
 /// NODE_PATH for the npm libraries the real-program writers use (installed once by
 /// scripts/npm-deps.sh, which scripts/setup.sh runs).
-fn npm_deps() -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/npm-deps.sh");
-    let out = Command::new(script)
-        .output()
-        .expect("run scripts/npm-deps.sh");
-    assert!(
-        out.status.success(),
-        "scripts/npm-deps.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// S14 through the shim: 4 processes x 25 updates with an unmodified npm library
 /// (`scripts/writers/real_*.js`); every acknowledged update must be in the store, and
 /// no update may fail.

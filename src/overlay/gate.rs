@@ -6,8 +6,7 @@
 //! grants, fences, times out or abandons it, on whichever thread produced that answer.
 
 use std::collections::{HashMap, VecDeque};
-use std::ffi::{OsStr, OsString};
-use std::os::unix::ffi::OsStrExt;
+use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,17 +16,12 @@ use parking_lot::Mutex;
 use super::Caller;
 use super::core::Overlay;
 use super::handles::FileHandle;
-use super::inodes::{Inode, InodeKey, ROOT_ID};
+use super::names::Names;
+pub use super::names::{ExcludeFn, FileKey};
 use crate::driver::{Asker, Driver, Frontend, Granted, Refusal};
 use crate::lease::{Ask, Counters, Grant, Intent, LeaseView, Outcome, Policy};
 use crate::platform::ProcessId;
 use crate::sys;
-
-/// Tells, from a path relative to the mount root, whether the user excluded a file.
-pub type ExcludeFn = Box<dyn Fn(&str) -> bool + Send + Sync>;
-
-/// A file as the lease engine names it: its directory's nodeid and its name there.
-pub type FileKey = (u64, OsString);
 
 /// How long after a refusal the kernel's retry of it is expected (it comes at once).
 const REFUSAL_RETRY: Duration = Duration::from_secs(1);
@@ -100,7 +94,7 @@ pub struct Gate {
     /// fresh lookup whose "not found" must not pass for a new view of the file.
     refused: Mutex<HashMap<(u32, FileKey), Duration>>,
     recent_writes: Mutex<HashMap<ProcessId, VecDeque<Written>>>,
-    excludes: Option<ExcludeFn>,
+    pub names: Names,
 }
 
 impl Gate {
@@ -112,14 +106,14 @@ impl Gate {
         user_excluded: Option<ExcludeFn>,
     ) -> std::io::Result<Arc<Gate>> {
         let gate = Arc::new(Gate {
-            core,
+            core: core.clone(),
             driver: Driver::start(policy)?,
             handle_leases: Mutex::new(HashMap::new()),
             retries: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashMap::new()),
             released_closes: Mutex::new(HashMap::new()),
             recent_writes: Mutex::new(HashMap::new()),
-            excludes: user_excluded,
+            names: Names::new(core.clone(), user_excluded),
         });
         let frontend: Arc<dyn Frontend<FileKey>> = gate.clone();
         gate.driver.attach(Arc::downgrade(&frontend));
@@ -144,7 +138,7 @@ impl Gate {
         let views = views
             .into_iter()
             .map(|view| LeaseView {
-                key: self.path_of(&view.key),
+                key: self.names.path_of(&view.key),
                 holders: view.holders,
                 state: view.state,
                 held: view.held,
@@ -163,6 +157,7 @@ impl Gate {
     /// Revokes the lease on `path` (relative to the mount root) by hand.
     pub fn break_lease(&self, path: &str) -> Result<String, String> {
         let key = self
+            .names
             .key_of_path(path)
             .ok_or_else(|| format!("{path}: no such file in the mount"))?;
         let holders = self.driver.revoke(&key);
@@ -180,81 +175,6 @@ impl Gate {
             })
             .collect();
         Ok(said.join("\n"))
-    }
-
-    /// The managed file behind `nodeid`: a regular file still linked under a name that is
-    /// not left alone.
-    pub fn managed_inode(&self, nodeid: u64) -> Option<(FileKey, Arc<Inode>)> {
-        let inode = self.core.inodes().get(nodeid)?;
-        if inode.file_type != libc::S_IFREG {
-            return None;
-        }
-        // A replaced file keeps its former name: an open that reached it late must still
-        // take the lease on that name, then be sent to look the name up again.
-        let named = inode.last_name()?;
-        let key = (named.parent, named.name);
-        self.is_managed(&key).then_some((key, inode))
-    }
-
-    /// Whether the name `parent/name` is one whose cycles are serialized.
-    pub fn is_managed(&self, key: &FileKey) -> bool {
-        let parent_name = self
-            .core
-            .inodes()
-            .get(key.0)
-            .and_then(|dir| dir.named_at())
-            .map(|named| named.name);
-        if left_alone(&key.1, parent_name.as_deref()) {
-            return false;
-        }
-        match &self.excludes {
-            Some(excluded) => !excluded(&self.path_of(key)),
-            None => true,
-        }
-    }
-
-    /// The path of `key` relative to the mount root (lossy for non-UTF-8 names).
-    pub fn path_of(&self, key: &FileKey) -> String {
-        let mut parts = vec![key.1.clone()];
-        let mut dir = key.0;
-        while dir != ROOT_ID {
-            match self
-                .core
-                .inodes()
-                .get(dir)
-                .and_then(|inode| inode.named_at())
-            {
-                Some(named) => {
-                    parts.push(named.name);
-                    dir = named.parent;
-                }
-                None => {
-                    parts.push(OsString::from("?"));
-                    break;
-                }
-            }
-        }
-        parts.reverse();
-        parts
-            .iter()
-            .map(|part| part.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join("/")
-    }
-
-    fn key_of_path(&self, path: &str) -> Option<FileKey> {
-        let mut dir = ROOT_ID;
-        let mut parts = path.split('/').filter(|p| !p.is_empty()).peekable();
-        while let Some(part) = parts.next() {
-            if parts.peek().is_none() {
-                return Some((dir, OsString::from(part)));
-            }
-            let inode = self.core.inodes().get(dir)?;
-            let cname = sys::cstr(OsStr::new(part)).ok()?;
-            let st = sys::fstatat(inode.fd(), &cname, libc::AT_SYMLINK_NOFOLLOW).ok()?;
-            dir = self.core.inodes().find(InodeKey::of(&st))?.nodeid;
-        }
-        None
     }
 
     /// Asks for a lease for the thread `caller`; `run` gets the answer now or later.
@@ -276,7 +196,7 @@ impl Gate {
         };
         let retry = self.retries.lock().remove(&(caller.pid, key.clone()));
         if let Some((held, _)) = retry {
-            tracing::trace!(path = %self.path_of(&key), tid = caller.pid, "admit: retry keeps its lease");
+            tracing::trace!(path = %self.names.path_of(&key), tid = caller.pid, "admit: retry keeps its lease");
             return run(Ok(Held {
                 retried: true,
                 ..held
@@ -379,7 +299,7 @@ impl Gate {
 
     /// Ends one use of a lease with `outcome`.
     pub fn finish(&self, held: &Held, outcome: Outcome) {
-        tracing::trace!(path = %self.path_of(&held.key), pid = held.holder.pid, ?outcome, "finish");
+        tracing::trace!(path = %self.names.path_of(&held.key), pid = held.holder.pid, ?outcome, "finish");
         if held.out_of_turn {
             let wrote = outcome != Outcome::Read;
             self.driver
@@ -416,19 +336,6 @@ impl Gate {
         for held in expired {
             self.finish(&held, Outcome::Read);
         }
-    }
-
-    /// Whether `key` still names `inode`: a waiter granted after a rename-over must look
-    /// the name up again rather than open the replaced file.
-    pub fn still_named(&self, key: &FileKey, inode: &Inode) -> bool {
-        let Some(dir) = self.core.inodes().get(key.0) else {
-            return false;
-        };
-        let Ok(cname) = sys::cstr(&key.1) else {
-            return false;
-        };
-        sys::fstatat(dir.fd(), &cname, libc::AT_SYMLINK_NOFOLLOW)
-            .is_ok_and(|st| InodeKey::of(&st) == inode.key)
     }
 
     /// Records the lease an open handle holds until its release.
@@ -544,17 +451,6 @@ impl Gate {
         self.driver.activity(holder);
     }
 
-    fn names_ino(&self, written: &Written) -> bool {
-        let Some(dir) = self.core.inodes().get(written.parent) else {
-            return false;
-        };
-        let Ok(cname) = sys::cstr(&written.name) else {
-            return false;
-        };
-        sys::fstatat(dir.fd(), &cname, libc::AT_SYMLINK_NOFOLLOW)
-            .is_ok_and(|st| st.st_ino == written.ino)
-    }
-
     fn note_refused(&self, tid: u32, key: &FileKey) {
         let now = self.now();
         let mut refused = self.refused.lock();
@@ -567,7 +463,7 @@ impl Gate {
 
 impl Frontend<FileKey> for Gate {
     fn describe(&self, key: &FileKey) -> String {
-        self.path_of(key)
+        self.names.path_of(key)
     }
 
     /// The files the process wrote that still name what it wrote: temp files, maybe.
@@ -585,7 +481,10 @@ impl Frontend<FileKey> for Gate {
             .retain(|(holder, _), _| *holder != process);
         written
             .into_iter()
-            .filter(|written| self.names_ino(written))
+            .filter(|written| {
+                self.names
+                    .names_ino(written.parent, &written.name, written.ino)
+            })
             .map(|written| (written.parent, written.name))
             .collect()
     }
@@ -615,26 +514,6 @@ fn fingerprint(handle: &FileHandle) -> Option<(i64, i64, i64, i64, i64)> {
     ))
 }
 
-/// Files whose programs coordinate by themselves: SQLite and its journals (byte-range
-/// locks and shared memory must keep working), lock files and anything inside lock dirs.
-pub fn left_alone(name: &OsStr, parent_name: Option<&OsStr>) -> bool {
-    let name = name.as_bytes();
-    const SUFFIXES: [&[u8]; 8] = [
-        b".sqlite",
-        b".sqlite3",
-        b".db",
-        b"-wal",
-        b"-shm",
-        b"-journal",
-        b".lock",
-        b".lck",
-    ];
-    if SUFFIXES.iter().any(|suffix| name.ends_with(suffix)) {
-        return true;
-    }
-    parent_name.is_some_and(|parent| parent.as_bytes().ends_with(b".lock"))
-}
-
 /// The lease an open(2) with `flags` asks for.
 pub fn intent_of_open(flags: i32) -> Intent {
     let writes = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
@@ -650,28 +529,6 @@ pub fn intent_of_open(flags: i32) -> Intent {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sqlite_and_lock_files_are_left_alone() {
-        for name in [
-            "app.sqlite",
-            "x.db",
-            "x.db-wal",
-            "x.db-shm",
-            "j-journal",
-            "s.jsonl.lock",
-        ] {
-            assert!(left_alone(OsStr::new(name), None), "{name}");
-        }
-        assert!(left_alone(
-            OsStr::new("pid"),
-            Some(OsStr::new("store.json.lock"))
-        ));
-        assert!(!left_alone(
-            OsStr::new("store.json"),
-            Some(OsStr::new("state"))
-        ));
-    }
 
     #[test]
     fn open_flags_map_to_intents() {

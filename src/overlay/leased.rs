@@ -8,9 +8,9 @@ use fuser::{Errno, ReplyAttr, ReplyCreate, ReplyEmpty, ReplyEntry, ReplyOpen};
 
 use super::Caller;
 use super::core::{Entry, OpResult, Overlay, SetAttr};
-use super::fs::{reply_attr, reply_create, reply_empty, reply_entry, reply_open};
 use super::gate::{FileKey, Gate, Held, intent_of_open};
 use super::inodes::InodeKey;
+use super::reply::{Refuse, reply_attr, reply_create, reply_empty, reply_entry, reply_open};
 use crate::lease::{Intent, Outcome};
 use crate::sys;
 
@@ -18,23 +18,6 @@ pub struct Leased {
     pub core: Arc<Overlay>,
     pub gate: Arc<Gate>,
 }
-
-/// A fuser reply that can carry an errno (every reply type can).
-pub trait Refuse: Send + 'static {
-    fn refuse(self, error: Errno);
-}
-
-macro_rules! refuse_with_error {
-    ($($reply:ty),*) => {
-        $(impl Refuse for $reply {
-            fn refuse(self, error: Errno) {
-                self.error(error);
-            }
-        })*
-    };
-}
-
-refuse_with_error!(ReplyOpen, ReplyCreate, ReplyEmpty, ReplyEntry, ReplyAttr);
 
 /// What a leased request asks of the gate.
 struct Ask {
@@ -129,7 +112,7 @@ impl Leased {
         let result = self.core.lookup(parent, name);
         if result.as_ref().is_err_and(|e| *e == Errno::ENOENT) {
             let key = key(parent, name);
-            if self.gate.is_managed(&key) {
+            if self.gate.names.is_managed(&key) {
                 self.gate.saw_missing(caller, &key);
             }
         }
@@ -137,7 +120,7 @@ impl Leased {
     }
 
     pub fn open(&self, caller: Caller, nodeid: u64, flags: i32, reply: ReplyOpen) {
-        let Some((key, inode)) = self.gate.managed_inode(nodeid) else {
+        let Some((key, inode)) = self.gate.names.managed_inode(nodeid) else {
             return reply_open(&self.core, reply, self.core.open(caller, nodeid, flags));
         };
         let intent = intent_of_open(flags);
@@ -154,7 +137,7 @@ impl Leased {
             // kernel retries only once, and that version is complete. Its cycle's save
             // is fenced if it comes.
             let reread_old = held.retried && intent == Intent::Read;
-            if !reread_old && !gate.still_named(&held.key, &inode) {
+            if !reread_old && !gate.names.still_named(&held.key, &inode) {
                 // Replaced while this open waited: the kernel retries the lookup on
                 // ESTALE, and the retry continues this same lease.
                 tracing::trace!(
@@ -194,7 +177,7 @@ impl Leased {
         reply: ReplyCreate,
     ) {
         let key = key(parent, name);
-        if !self.gate.is_managed(&key) {
+        if !self.gate.names.is_managed(&key) {
             let result = self.core.create(caller, parent, name, mode, flags);
             return reply_create(&self.core, reply, result);
         }
@@ -226,7 +209,7 @@ impl Leased {
 
     pub fn unlink(&self, caller: Caller, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let key = key(parent, name);
-        if !self.gate.is_managed(&key) {
+        if !self.gate.names.is_managed(&key) {
             return reply_empty(reply, self.core.unlink(caller, parent, name));
         }
         self.commit_with_lease(
@@ -269,8 +252,9 @@ impl Leased {
         let source = key(parent, name);
         let moved = self.stat_child(parent, name);
         let moves_a_file = moved.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
-        let target_managed = moves_a_file && self.gate.is_managed(&target);
-        let source_managed = moves_a_file && source != target && self.gate.is_managed(&source);
+        let target_managed = moves_a_file && self.gate.names.is_managed(&target);
+        let source_managed =
+            moves_a_file && source != target && self.gate.names.is_managed(&source);
         if !target_managed && !source_managed {
             let result = self
                 .core
@@ -351,7 +335,7 @@ impl Leased {
         reply: ReplyEntry,
     ) {
         let key = key(new_parent, new_name);
-        if !self.gate.is_managed(&key) {
+        if !self.gate.names.is_managed(&key) {
             return reply_entry(reply, self.core.link(caller, nodeid, new_parent, new_name));
         }
         self.commit_with_lease(
@@ -367,7 +351,7 @@ impl Leased {
     /// handle's lease, and metadata changes take none.
     pub fn setattr(&self, caller: Caller, nodeid: u64, change: SetAttr, reply: ReplyAttr) {
         let managed = match (change.size, change.fh) {
-            (Some(_), None) => self.gate.managed_inode(nodeid),
+            (Some(_), None) => self.gate.names.managed_inode(nodeid),
             _ => None,
         };
         let Some((key, _inode)) = managed else {

@@ -4,6 +4,7 @@
 //! through *at() calls on held fds; see `core` for the operations and `fs` for the glue.
 
 pub mod attr;
+pub mod caller;
 pub mod control;
 pub mod core;
 pub mod creds;
@@ -13,6 +14,8 @@ pub mod handles;
 pub mod inodes;
 pub mod leased;
 mod mounts;
+pub mod names;
+pub mod reply;
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -29,18 +32,9 @@ use crate::control::mounts::is_dead_mount_error;
 use crate::options::LeaseOptions;
 use crate::sys;
 
+pub use self::caller::Caller;
 pub use self::core::{Entry, OpResult, Overlay, SetAttr};
 pub use self::fs::LockFs;
-
-/// Who made a request: the calling thread id (in the mount's pid namespace), uid and gid,
-/// and the request's FUSE id (the kernel numbers requests in the order it queues them).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Caller {
-    pub pid: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub unique: u64,
-}
 
 #[derive(Args, Debug)]
 pub struct MountArgs {

@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 pub mod cycle;
+pub mod proxy_daemon;
 pub mod writers;
 
 pub const LOCKFS: &str = env!("CARGO_BIN_EXE_lockfs");

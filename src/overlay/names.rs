@@ -1,0 +1,172 @@
+//! How the overlay names files to the lease driver, and which files it manages: a key is
+//! the directory's nodeid and the name there; a path is relative to the mount root.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use super::core::Overlay;
+use super::inodes::{Inode, InodeKey, ROOT_ID};
+use crate::sys;
+
+/// Tells, from a path relative to the mount root, whether the user excluded a file.
+pub type ExcludeFn = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// A file as the lease driver names it: its directory's nodeid and its name there.
+pub type FileKey = (u64, OsString);
+
+pub struct Names {
+    core: Arc<Overlay>,
+    excludes: Option<ExcludeFn>,
+}
+
+impl Names {
+    pub fn new(core: Arc<Overlay>, excludes: Option<ExcludeFn>) -> Names {
+        Names { core, excludes }
+    }
+
+    /// The managed file behind `nodeid`: a regular file still linked under a name that is
+    /// not left alone.
+    pub fn managed_inode(&self, nodeid: u64) -> Option<(FileKey, Arc<Inode>)> {
+        let inode = self.core.inodes().get(nodeid)?;
+        if inode.file_type != libc::S_IFREG {
+            return None;
+        }
+        // A replaced file keeps its former name: an open that reached it late must still
+        // take the lease on that name, then be sent to look the name up again.
+        let named = inode.last_name()?;
+        let key = (named.parent, named.name);
+        self.is_managed(&key).then_some((key, inode))
+    }
+
+    /// Whether the name `parent/name` is one whose cycles are serialized.
+    pub fn is_managed(&self, key: &FileKey) -> bool {
+        let parent_name = self
+            .core
+            .inodes()
+            .get(key.0)
+            .and_then(|dir| dir.named_at())
+            .map(|named| named.name);
+        if left_alone(&key.1, parent_name.as_deref()) {
+            return false;
+        }
+        match &self.excludes {
+            Some(excluded) => !excluded(&self.path_of(key)),
+            None => true,
+        }
+    }
+
+    /// The path of `key` relative to the mount root (lossy for non-UTF-8 names).
+    pub fn path_of(&self, key: &FileKey) -> String {
+        let mut parts = vec![key.1.clone()];
+        let mut dir = key.0;
+        while dir != ROOT_ID {
+            match self
+                .core
+                .inodes()
+                .get(dir)
+                .and_then(|inode| inode.named_at())
+            {
+                Some(named) => {
+                    parts.push(named.name);
+                    dir = named.parent;
+                }
+                None => {
+                    parts.push(OsString::from("?"));
+                    break;
+                }
+            }
+        }
+        parts.reverse();
+        parts
+            .iter()
+            .map(|part| part.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    pub fn key_of_path(&self, path: &str) -> Option<FileKey> {
+        let mut dir = ROOT_ID;
+        let mut parts = path.split('/').filter(|p| !p.is_empty()).peekable();
+        while let Some(part) = parts.next() {
+            if parts.peek().is_none() {
+                return Some((dir, OsString::from(part)));
+            }
+            let inode = self.core.inodes().get(dir)?;
+            let cname = sys::cstr(OsStr::new(part)).ok()?;
+            let st = sys::fstatat(inode.fd(), &cname, libc::AT_SYMLINK_NOFOLLOW).ok()?;
+            dir = self.core.inodes().find(InodeKey::of(&st))?.nodeid;
+        }
+        None
+    }
+
+    /// Whether `key` still names `inode`: a waiter granted after a rename-over must look
+    /// the name up again rather than open the replaced file.
+    pub fn still_named(&self, key: &FileKey, inode: &Inode) -> bool {
+        let Some(dir) = self.core.inodes().get(key.0) else {
+            return false;
+        };
+        let Ok(cname) = sys::cstr(&key.1) else {
+            return false;
+        };
+        sys::fstatat(dir.fd(), &cname, libc::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| InodeKey::of(&st) == inode.key)
+    }
+
+    pub fn names_ino(&self, parent: u64, name: &OsStr, ino: u64) -> bool {
+        let Some(dir) = self.core.inodes().get(parent) else {
+            return false;
+        };
+        let Ok(cname) = sys::cstr(name) else {
+            return false;
+        };
+        sys::fstatat(dir.fd(), &cname, libc::AT_SYMLINK_NOFOLLOW).is_ok_and(|st| st.st_ino == ino)
+    }
+}
+
+/// Files whose programs coordinate by themselves: SQLite and its journals (byte-range
+/// locks and shared memory must keep working), lock files and anything inside lock dirs.
+pub fn left_alone(name: &OsStr, parent_name: Option<&OsStr>) -> bool {
+    let name = name.as_bytes();
+    const SUFFIXES: [&[u8]; 8] = [
+        b".sqlite",
+        b".sqlite3",
+        b".db",
+        b"-wal",
+        b"-shm",
+        b"-journal",
+        b".lock",
+        b".lck",
+    ];
+    if SUFFIXES.iter().any(|suffix| name.ends_with(suffix)) {
+        return true;
+    }
+    parent_name.is_some_and(|parent| parent.as_bytes().ends_with(b".lock"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_and_lock_files_are_left_alone() {
+        for name in [
+            "app.sqlite",
+            "x.db",
+            "x.db-wal",
+            "x.db-shm",
+            "j-journal",
+            "s.jsonl.lock",
+        ] {
+            assert!(left_alone(OsStr::new(name), None), "{name}");
+        }
+        assert!(left_alone(
+            OsStr::new("pid"),
+            Some(OsStr::new("store.json.lock"))
+        ));
+        assert!(!left_alone(
+            OsStr::new("store.json"),
+            Some(OsStr::new("state"))
+        ));
+    }
+}

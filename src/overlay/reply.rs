@@ -1,0 +1,122 @@
+//! Turning results into fuser replies, from the glue's thread or from a continuation that
+//! the lease gate runs later on another.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    Errno, FileHandle, FopenFlags, Generation, ReplyAttr, ReplyCreate, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyXattr,
+};
+
+use super::core::{Entry, OpResult, Overlay, Xattr};
+use super::handles;
+
+/// How long the kernel may trust a name -> inode answer and an inode's attributes.
+///
+/// Every change goes through this mount, so the kernel sees each one and updates or
+/// invalidates its cache itself (write replies update the size, rename moves the dentry,
+/// passthrough writes invalidate size and times, entry changes invalidate the directory's
+/// attributes). The TTL only bounds staleness against changes made on the disk below
+/// behind the mount's back, which lockfs does not support anyway. With 1 s every `stat`
+/// of a file created more than a second ago cost a LOOKUP round trip (the metadata bench
+/// creates for several seconds before it stats); a minute keeps that bound loose but finite.
+pub const ENTRY_TTL: Duration = Duration::from_secs(60);
+pub const ATTR_TTL: Duration = Duration::from_secs(60);
+
+/// Open flags for every file handle. Not FOPEN_NOFLUSH, although FLUSH does nothing in
+/// lockfs: measured, it broke ETXTBSY (pjdfstest open::etxtbsy failed 4 runs in 5: a
+/// freshly written and then executed file could still be opened for writing).
+const OPEN_FLAGS: FopenFlags = FopenFlags::empty();
+
+pub fn reply_entry(reply: ReplyEntry, result: OpResult<Entry>) {
+    match result {
+        Ok(entry) => reply.entry(&ENTRY_TTL, &entry.attr, Generation(entry.inode.generation)),
+        Err(e) => reply.error(e),
+    }
+}
+
+pub fn reply_empty(reply: ReplyEmpty, result: OpResult<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+pub fn reply_attr(reply: ReplyAttr, result: OpResult<fuser::FileAttr>) {
+    match result {
+        Ok(attr) => reply.attr(&ATTR_TTL, &attr),
+        Err(e) => reply.error(e),
+    }
+}
+
+pub fn reply_xattr(reply: ReplyXattr, result: OpResult<Xattr>) {
+    match result {
+        Ok(Xattr::Size(n)) => reply.size(n),
+        Ok(Xattr::Data(data)) => reply.data(&data),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// Answers an OPEN with the handle `result` from [`Overlay::open`], registering its file as
+/// the kernel's passthrough backing file when passthrough is on. Callable from any thread.
+pub fn reply_open(core: &Overlay, reply: ReplyOpen, result: OpResult<Arc<handles::FileHandle>>) {
+    let handle = match result {
+        Ok(handle) => handle,
+        Err(e) => return reply.error(e),
+    };
+    let fh = FileHandle(handle.fh);
+    if core.passthrough() {
+        match handle.inode.backing_or(|| reply.open_backing(handle.fd())) {
+            Ok(id) => {
+                reply.opened_passthrough(fh, OPEN_FLAGS, &id);
+                *handle.backing.lock() = Some(id);
+                return;
+            }
+            Err(err) => core.passthrough_refused(&err),
+        }
+    }
+    reply.opened(fh, OPEN_FLAGS);
+}
+
+/// Answers a CREATE with the result of [`Overlay::create`]; see [`reply_open`].
+pub fn reply_create(
+    core: &Overlay,
+    reply: ReplyCreate,
+    result: OpResult<(Entry, Arc<handles::FileHandle>)>,
+) {
+    let (entry, handle) = match result {
+        Ok(pair) => pair,
+        Err(e) => return reply.error(e),
+    };
+    let fh = FileHandle(handle.fh);
+    let generation = Generation(entry.inode.generation);
+    if core.passthrough() {
+        match handle.inode.backing_or(|| reply.open_backing(handle.fd())) {
+            Ok(id) => {
+                reply.created_passthrough(&ENTRY_TTL, &entry.attr, generation, fh, OPEN_FLAGS, &id);
+                *handle.backing.lock() = Some(id);
+                return;
+            }
+            Err(err) => core.passthrough_refused(&err),
+        }
+    }
+    reply.created(&ENTRY_TTL, &entry.attr, generation, fh, OPEN_FLAGS);
+}
+
+/// A fuser reply that can carry an errno (every reply type can).
+pub trait Refuse: Send + 'static {
+    fn refuse(self, error: Errno);
+}
+
+macro_rules! refuse_with_error {
+    ($($reply:ty),*) => {
+        $(impl Refuse for $reply {
+            fn refuse(self, error: Errno) {
+                self.error(error);
+            }
+        })*
+    };
+}
+
+refuse_with_error!(ReplyOpen, ReplyCreate, ReplyEmpty, ReplyEntry, ReplyAttr);
