@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::proxy_daemon::{Daemon, node_available, node_through_the_shim, npm_deps};
-use common::{MountGuard, state_dir};
+use common::{MountGuard, failed_writers, state_dir};
 
 const FIXTURE_WRITER: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -128,12 +128,7 @@ fn run(row: &Row, front_end: FrontEnd, node_path: &str) -> Result<(), String> {
                 .expect("spawn a writer")
         })
         .collect();
-    let failures: Vec<String> = children
-        .into_iter()
-        .map(|child| child.wait_with_output().unwrap())
-        .filter(|output| !output.status.success())
-        .map(|output| String::from_utf8_lossy(&output.stderr).into_owned())
-        .collect();
+    let failures = failed_writers(children);
     if !failures.is_empty() {
         return Err(format!("writers failed: {failures:#?}"));
     }

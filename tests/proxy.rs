@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::proxy_daemon::{Daemon, node_available, node_through_the_shim, npm_deps};
-use common::{LOCKFS, state_dir, wait_until};
+use common::{LOCKFS, failed_writers, state_dir, wait_until};
 
 const WRITER: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -42,12 +42,7 @@ fn run_all(commands: Vec<Command>) {
                 .expect("spawn writer")
         })
         .collect();
-    let failures: Vec<String> = children
-        .into_iter()
-        .map(|child| child.wait_with_output().unwrap())
-        .filter(|output| !output.status.success())
-        .map(|output| String::from_utf8_lossy(&output.stderr).into_owned())
-        .collect();
+    let failures = failed_writers(children);
     assert!(failures.is_empty(), "writers failed: {failures:#?}");
 }
 

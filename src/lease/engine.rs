@@ -204,6 +204,29 @@ pub(super) struct Seen {
     pub(super) inherited: bool,
 }
 
+impl Seen {
+    /// A view of `generation` taken at `now`, by a read that ended then.
+    pub(super) fn read(generation: u64, now: Duration) -> Seen {
+        Seen {
+            generation,
+            at: now,
+            committed: false,
+            read_done_at: Some(now),
+            absent: false,
+            inherited: false,
+        }
+    }
+
+    /// The process's own commit, which made `generation` at `now`.
+    pub(super) fn own_commit(generation: u64, now: Duration) -> Seen {
+        Seen {
+            committed: true,
+            read_done_at: None,
+            ..Seen::read(generation, now)
+        }
+    }
+}
+
 pub(super) fn entry_seen_by<K: Eq + Hash>(entries: &mut HashMap<K, Entry>, key: &K, delta: i32) {
     if let Some(entry) = entries.get_mut(key) {
         entry.seen_by = entry.seen_by.saturating_add_signed(delta);
@@ -562,18 +585,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         self.counters.cycles_committed += 1;
         self.counters.out_of_turn += 1;
         let generation = self.bump(key);
-        self.note_seen(
-            key,
-            holder,
-            Seen {
-                generation,
-                at: now,
-                committed: true,
-                read_done_at: None,
-                absent: false,
-                inherited: false,
-            },
-        );
+        self.note_seen(key, holder, Seen::own_commit(generation, now));
     }
 
     /// A lookup by `holder` found no file at `key`: that absence is what its cycle reads.
@@ -591,18 +603,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 generation,
                 ..Entry::default()
             });
-            self.note_seen(
-                key,
-                holder,
-                Seen {
-                    generation,
-                    at: now,
-                    committed: false,
-                    read_done_at: Some(now),
-                    absent: true,
-                    inherited: false,
-                },
-            );
+            let absent = Seen {
+                absent: true,
+                ..Seen::read(generation, now)
+            };
+            self.note_seen(key, holder, absent);
         }
     }
 
@@ -813,18 +818,8 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             self.read_streaks.remove(&(key.clone(), holder));
         }
         if ended && wrote && exclusive && had_view {
-            self.note_seen(
-                &key,
-                holder,
-                Seen {
-                    generation: generation.expect("wrote"),
-                    at: now,
-                    committed: true,
-                    read_done_at: None,
-                    absent: false,
-                    inherited: false,
-                },
-            );
+            let generation = generation.expect("wrote");
+            self.note_seen(&key, holder, Seen::own_commit(generation, now));
         }
         if ended {
             self.end_lease(&key);
@@ -1074,12 +1069,8 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             return;
         };
         let seen = Seen {
-            generation: view,
-            at: now,
-            committed: false,
             read_done_at: read_done_at.or(Some(now)),
-            absent: false,
-            inherited: false,
+            ..Seen::read(view, now)
         };
         let holder = *holder;
         self.note_seen(key, holder, seen);

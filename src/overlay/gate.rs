@@ -19,7 +19,7 @@ use super::handles::FileHandle;
 use super::names::Names;
 pub use super::names::{ExcludeFn, FileKey};
 use crate::driver::{Asker, Driver, Frontend, Granted, Refusal};
-use crate::lease::{Ask, Counters, Grant, Intent, LeaseView, Outcome, Policy};
+use crate::lease::{Counters, Grant, Intent, LeaseView, Outcome, Policy};
 use crate::platform::ProcessId;
 use crate::sys;
 
@@ -32,6 +32,39 @@ const RETRY_WINDOW: Duration = Duration::from_millis(1000);
 /// How many recently written files are remembered per process, to tie a temp file to the
 /// cycle it belongs to when its writer exits.
 const RECENT_WRITES: usize = 8;
+
+/// What a leased request asks of the gate.
+pub struct Ask {
+    pub caller: Caller,
+    pub key: FileKey,
+    pub intent: Intent,
+    /// The request holds a kernel directory or inode lock (CREATE, RENAME, UNLINK, LINK,
+    /// truncate by path): it is answered at once and never parked.
+    pub locked: bool,
+    /// A rename or link onto the name (a save).
+    pub replaces: bool,
+}
+
+impl Ask {
+    /// A write of `key` that holds a kernel lock.
+    pub fn locked_write(caller: Caller, key: FileKey) -> Ask {
+        Ask {
+            caller,
+            key,
+            intent: Intent::Write,
+            locked: true,
+            replaces: false,
+        }
+    }
+
+    /// A rename or link onto `key`.
+    pub fn replace(caller: Caller, key: FileKey) -> Ask {
+        Ask {
+            replaces: true,
+            ..Ask::locked_write(caller, key)
+        }
+    }
+}
 
 /// A granted lease as a continuation sees it.
 #[derive(Clone, Debug)]
@@ -177,18 +210,16 @@ impl Gate {
         Ok(said.join("\n"))
     }
 
-    /// Asks for a lease for the thread `caller`; `run` gets the answer now or later.
-    /// `locked`: the request holds a kernel directory or inode lock while it waits, so it
-    /// is answered at once (see [`crate::lease::Ask::locked`]).
-    pub fn admit(
-        self: &Arc<Self>,
-        caller: Caller,
-        key: FileKey,
-        intent: Intent,
-        locked: bool,
-        replaces: bool,
-        run: Continuation,
-    ) {
+    /// Asks for the lease `ask` describes; `run` gets the answer now or later. A `locked`
+    /// request is answered at once (see [`crate::lease::Ask::locked`]).
+    pub fn admit(self: &Arc<Self>, ask: Ask, run: Continuation) {
+        let Ask {
+            caller,
+            key,
+            intent,
+            locked,
+            replaces,
+        } = ask;
         let holder = match self.driver.process_of_thread(caller.pid) {
             Ok(holder) => holder,
             // The caller is gone already: nobody waits for this answer.
@@ -209,14 +240,14 @@ impl Gate {
             .lock()
             .remove(&(caller.pid, key.clone()))
             .is_some_and(|at| self.now().saturating_sub(at) < REFUSAL_RETRY);
-        let ask = Ask {
+        let ask = crate::lease::Ask {
             // A read issued while another thread had the file open is a second cycle (and
             // the engine starts one for every read from a worker thread).
             concurrent: intent == Intent::Read && self.opened_elsewhere(holder, caller, &key),
             locked,
             replaces,
             thread: caller.pid,
-            ..Ask::new(intent)
+            ..crate::lease::Ask::new(intent)
         };
         let asker = Asker {
             process: holder,

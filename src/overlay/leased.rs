@@ -8,7 +8,7 @@ use fuser::{Errno, ReplyAttr, ReplyCreate, ReplyEmpty, ReplyEntry, ReplyOpen};
 
 use super::Caller;
 use super::core::{Entry, OpResult, Overlay, SetAttr};
-use super::gate::{FileKey, Gate, Held, intent_of_open};
+use super::gate::{Ask, FileKey, Gate, Held, intent_of_open};
 use super::inodes::InodeKey;
 use super::reply::{Refuse, reply_attr, reply_create, reply_empty, reply_entry, reply_open};
 use crate::lease::{Intent, Outcome};
@@ -17,39 +17,6 @@ use crate::sys;
 pub struct Leased {
     pub core: Arc<Overlay>,
     pub gate: Arc<Gate>,
-}
-
-/// What a leased request asks of the gate.
-struct Ask {
-    caller: Caller,
-    key: FileKey,
-    intent: Intent,
-    /// The request holds a kernel directory or inode lock (CREATE, RENAME, UNLINK, LINK,
-    /// truncate by path): it is answered at once and never parked.
-    locked: bool,
-    /// A rename or link onto the name (a save).
-    replaces: bool,
-}
-
-impl Ask {
-    /// A write of `key` that holds a kernel lock.
-    fn locked_write(caller: Caller, key: FileKey) -> Ask {
-        Ask {
-            caller,
-            key,
-            intent: Intent::Write,
-            locked: true,
-            replaces: false,
-        }
-    }
-
-    /// A rename or link onto `key`.
-    fn replace(caller: Caller, key: FileKey) -> Ask {
-        Ask {
-            replaces: true,
-            ..Ask::locked_write(caller, key)
-        }
-    }
 }
 
 fn key(parent: u64, name: &OsStr) -> FileKey {
@@ -75,11 +42,7 @@ impl Leased {
     ) {
         let (core, gate) = (Arc::clone(&self.core), Arc::clone(&self.gate));
         self.gate.admit(
-            ask.caller,
-            ask.key,
-            ask.intent,
-            ask.locked,
-            ask.replaces,
+            ask,
             Box::new(move |outcome| match outcome {
                 Ok(held) => work(&core, &gate, held, reply),
                 Err(e) => {
@@ -306,11 +269,7 @@ impl Leased {
         let gate = Arc::clone(&self.gate);
         let undo: Vec<Held> = taken.iter().map(|(held, _)| held.clone()).collect();
         self.gate.admit(
-            ask.caller,
-            ask.key,
-            ask.intent,
-            ask.locked,
-            ask.replaces,
+            ask,
             Box::new(move |answer| match answer {
                 Ok(held) => {
                     taken.push((held, outcome));
