@@ -48,6 +48,10 @@ struct Connection {
     outbox: mpsc::UnboundedSender<String>,
     uses: HashMap<u64, Use>,
     waits: Vec<WaitId>,
+    /// The files of read acquires asked of the driver and not answered yet: another read
+    /// of the same process is a second cycle even before this one is granted. They go
+    /// with the connection when it closes.
+    reads_in_flight: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -64,9 +68,6 @@ struct CommitRequest {
 struct Connections {
     by_id: HashMap<ConnId, Connection>,
     count_of: HashMap<ProcessId, usize>,
-    /// Read acquires asked of the driver and not answered yet, by process and file: a
-    /// second one from the same process is a second cycle even before the first is granted.
-    reads_in_flight: HashMap<(ProcessId, String), usize>,
     next_id: u64,
 }
 
@@ -76,14 +77,12 @@ impl Connections {
         self.next_id
     }
 
-    /// A read acquire of `holder` on `key` was answered.
-    fn read_answered(&mut self, holder: ProcessId, key: &str) {
-        let slot = (holder, key.to_string());
-        if let Some(count) = self.reads_in_flight.get_mut(&slot) {
-            *count -= 1;
-            if *count == 0 {
-                self.reads_in_flight.remove(&slot);
-            }
+    /// A read acquire of `conn` on `key` was answered.
+    fn read_answered(&mut self, conn: ConnId, key: &str) {
+        if let Some(connection) = self.by_id.get_mut(&conn)
+            && let Some(at) = connection.reads_in_flight.iter().position(|k| k == key)
+        {
+            connection.reads_in_flight.swap_remove(at);
         }
     }
 }
@@ -253,6 +252,7 @@ impl Shared {
                 outbox,
                 uses: HashMap::new(),
                 waits: Vec::new(),
+                reads_in_flight: Vec::new(),
             },
         );
         *connections.count_of.entry(holder).or_default() += 1;
@@ -372,20 +372,22 @@ impl Shared {
                     .uses
                     .retain(|_, taken| !(taken.released && taken.key == key));
             }
-            if append {
-                false
-            } else {
-                let slot = (holder, key.clone());
-                let in_flight = connections.reads_in_flight.get(&slot).copied();
-                *connections.reads_in_flight.entry(slot).or_default() += 1;
-                in_flight.is_some()
-                    || connections
-                        .by_id
-                        .values()
-                        .filter(|other| other.holder == holder)
-                        .flat_map(|other| other.uses.values())
-                        .any(|taken| taken.key == key && !taken.released && !taken.append)
+            let concurrent = !append
+                && connections
+                    .by_id
+                    .values()
+                    .filter(|other| other.holder == holder)
+                    .any(|other| {
+                        other.reads_in_flight.contains(&key)
+                            || other
+                                .uses
+                                .values()
+                                .any(|taken| taken.key == key && !taken.released && !taken.append)
+                    });
+            if !append && let Some(connection) = connections.by_id.get_mut(&conn) {
+                connection.reads_in_flight.push(key.clone());
             }
+            concurrent
         };
         let ask = Ask {
             concurrent,
@@ -394,7 +396,7 @@ impl Shared {
         };
         self.ask_driver(conn, key.clone(), holder, ask, move |shared, answer| {
             if !matches!(answer, Ok(granted) if !granted.out_of_turn) && !append {
-                shared.connections.lock().read_answered(holder, &key);
+                shared.connections.lock().read_answered(conn, &key);
             }
             match answer {
                 // An acquire holds no kernel lock: it is never let through out of turn.
@@ -425,7 +427,7 @@ impl Shared {
     ) -> Option<Reply> {
         let mut connections = self.connections.lock();
         if !append {
-            connections.read_answered(holder, &key);
+            connections.read_answered(conn, &key);
         }
         let lease = connections.fresh_id();
         let Some(connection) = connections.by_id.get_mut(&conn) else {
