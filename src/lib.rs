@@ -10,10 +10,12 @@ pub mod demo;
 pub mod doctor;
 pub mod driver;
 pub mod lease;
+pub mod mountinfo;
 pub mod options;
 pub mod overlay;
 pub mod platform;
 pub mod proxy;
+pub mod runtime_dir;
 pub mod sys;
 
 pub use proxy::{AsyncClient, Client};

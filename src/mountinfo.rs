@@ -1,5 +1,7 @@
-//! Finding lockfs mounts in `/proc/self/mountinfo`.
+//! Finding lockfs mounts in `/proc/self/mountinfo`: the one parser of it, for `mount`,
+//! `unmount`, `status`, `break` and `doctor` alike.
 
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 /// The filesystem type a lockfs mount shows: the overlay mounts with subtype `lockfs`.
@@ -28,6 +30,11 @@ pub fn is_dead_mount_error(err: &std::io::Error) -> bool {
 /// The lockfs mounts in mountinfo `text` (the format of `/proc/self/mountinfo`).
 pub fn parse_mountinfo(text: &str) -> Vec<LockfsMount> {
     text.lines().filter_map(parse_line).collect()
+}
+
+/// Whether `dir` (absolute, normal) is the mount point of a lockfs mount.
+pub fn is_lockfs_mount(dir: &Path) -> bool {
+    lockfs_mounts().is_ok_and(|mounts| mounts.iter().any(|mount| mount.mount_point == dir))
 }
 
 /// The lockfs mounts of this machine, as seen from this mount namespace.
@@ -75,14 +82,15 @@ fn parse_line(line: &str) -> Option<LockfsMount> {
         .find_map(|option| option.strip_prefix("user_id="))
         .and_then(|uid| uid.parse().ok());
     Some(LockfsMount {
-        mount_point: PathBuf::from(unescape_octal(mount_point)),
+        mount_point: unescape_octal(mount_point),
         device: libc::makedev(major.parse().ok()?, minor.parse().ok()?),
         user_id,
     })
 }
 
-/// mountinfo writes space, tab, newline and backslash as `\ooo`.
-fn unescape_octal(field: &str) -> String {
+/// mountinfo writes space, tab, newline and backslash as `\ooo`; other bytes, UTF-8 or
+/// not, stand as they are.
+fn unescape_octal(field: &str) -> PathBuf {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -104,7 +112,7 @@ fn unescape_octal(field: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 #[cfg(test)]

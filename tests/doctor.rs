@@ -6,8 +6,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Command};
 
-use lockfs::control::mounts::LockfsMount;
 use lockfs::doctor::{bypassing, open_paths_under};
+use lockfs::mountinfo::LockfsMount;
 
 #[test]
 fn json_lists_every_check_and_the_exit_status_agrees() {

@@ -88,16 +88,7 @@ impl Resolved {
     pub fn policy_for(&self, rel_path: &Path) -> Policy {
         let mut policy = self.policy.clone();
         for rule in self.matching_rules(rel_path) {
-            if let Some(linger) = rule.linger {
-                policy.linger = linger;
-                policy.max_linger = policy.max_linger.max(linger);
-            }
-            if let Some(max_hold) = rule.max_hold {
-                policy.max_hold = max_hold;
-            }
-            if let Some(max_wait) = rule.max_wait {
-                policy.max_wait = max_wait;
-            }
+            set_policy(&mut policy, rule.linger, rule.max_hold, rule.max_wait);
         }
         policy
     }
@@ -134,16 +125,12 @@ pub fn resolve_with_default(
         None => ConfigFile::default(),
     };
     let mut policy = Policy::default();
-    if let Some(linger) = opts.linger.or(file.linger) {
-        policy.linger = linger;
-        policy.max_linger = policy.max_linger.max(linger);
-    }
-    if let Some(max_hold) = opts.max_hold.or(file.max_hold) {
-        policy.max_hold = max_hold;
-    }
-    if let Some(max_wait) = opts.max_wait.or(file.max_wait) {
-        policy.max_wait = max_wait;
-    }
+    set_policy(
+        &mut policy,
+        opts.linger.or(file.linger),
+        opts.max_hold.or(file.max_hold),
+        opts.max_wait.or(file.max_wait),
+    );
     let mut excludes = file.exclude;
     for text in &opts.exclude {
         excludes.push(Glob::new(text).map_err(|why| anyhow::anyhow!("--exclude: {why}"))?);
@@ -154,6 +141,25 @@ pub fn resolve_with_default(
         rules: file.rules,
         source,
     })
+}
+
+/// Sets the durations given; a longer linger raises the adaptive linger's cap with it.
+fn set_policy(
+    policy: &mut Policy,
+    linger: Option<Duration>,
+    max_hold: Option<Duration>,
+    max_wait: Option<Duration>,
+) {
+    if let Some(linger) = linger {
+        policy.linger = linger;
+        policy.max_linger = policy.max_linger.max(linger);
+    }
+    if let Some(max_hold) = max_hold {
+        policy.max_hold = max_hold;
+    }
+    if let Some(max_wait) = max_wait {
+        policy.max_wait = max_wait;
+    }
 }
 
 /// `$XDG_CONFIG_HOME/lockfs/config.toml`, else `~/.config/lockfs/config.toml`.

@@ -5,7 +5,6 @@
 
 pub mod client;
 pub mod events;
-pub mod mounts;
 pub mod protocol;
 pub mod report;
 mod server;
@@ -23,11 +22,11 @@ use clap::Args;
 pub use report::{DaemonInfo, StatusReport};
 pub use server::{ControlHandler, Server, ServerHandle};
 pub use socket_path::{
-    canonical_mount_dir, lexically_absolute, runtime_dir, socket_candidates_for, socket_path_for,
+    canonical_mount_dir, lexically_absolute, socket_candidates_for, socket_path_for,
 };
 
+use crate::mountinfo::{self, LockfsMount};
 use client::ClientError;
-use mounts::LockfsMount;
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
@@ -102,7 +101,7 @@ fn status_targets(args: &StatusArgs) -> anyhow::Result<(Vec<Target>, bool)> {
     if let Some(dir) = &args.dir {
         return Ok((vec![target_for_dir(dir)?], true));
     }
-    let mounts = mounts::own_lockfs_mounts().context("cannot read /proc/self/mountinfo")?;
+    let mounts = mountinfo::own_lockfs_mounts().context("cannot read /proc/self/mountinfo")?;
     let targets = mounts
         .iter()
         .map(|mount| Target {
@@ -115,13 +114,13 @@ fn status_targets(args: &StatusArgs) -> anyhow::Result<(Vec<Target>, bool)> {
 
 fn target_for_dir(dir: &Path) -> anyhow::Result<Target> {
     let mount_dir = canonical_mount_dir(dir);
-    let mounts = mounts::lockfs_mounts().context("cannot read /proc/self/mountinfo")?;
+    let mounts = mountinfo::lockfs_mounts().context("cannot read /proc/self/mountinfo")?;
     if !mounts.iter().any(|mount| mount.mount_point == mount_dir) {
         bail!(
             "{} is not a lockfs mount (no {} entry for it in /proc/self/mountinfo); \
              mount it with `lockfs mount {}`",
             mount_dir.display(),
-            mounts::FSTYPE,
+            mountinfo::FSTYPE,
             mount_dir.display()
         );
     }
@@ -262,7 +261,7 @@ pub fn break_command(args: BreakArgs) -> anyhow::Result<ExitCode> {
 
 /// The mount containing `path` and the path relative to it.
 fn break_target(path: &Path) -> anyhow::Result<(Target, String)> {
-    let mounts = mounts::lockfs_mounts().context("cannot read /proc/self/mountinfo")?;
+    let mounts = mountinfo::lockfs_mounts().context("cannot read /proc/self/mountinfo")?;
     let absolute = lexically_absolute(path);
     let found = mount_and_relative(&mounts, &absolute).or_else(|| {
         // A symlink on the way (e.g. a home directory elsewhere): the kernel lists real paths.
@@ -296,7 +295,7 @@ fn mount_and_relative<'a>(
     mounts: &'a [LockfsMount],
     path: &Path,
 ) -> Option<(&'a LockfsMount, String)> {
-    let mount = mounts::mount_containing(mounts, path)?;
+    let mount = mountinfo::mount_containing(mounts, path)?;
     let relative = path.strip_prefix(&mount.mount_point).ok()?;
     Some((mount, relative.to_string_lossy().into_owned()))
 }

@@ -5,6 +5,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use crate::runtime_dir::{is_root, runtime_dir, socket_name};
+
 /// The socket of the mount over `mount_dir`, in the runtime dir of the calling user.
 ///
 /// The daemon must call this before it mounts: resolving the path touches only the parent of
@@ -29,20 +31,6 @@ pub fn socket_candidates_for(mount_dir: &Path) -> Vec<PathBuf> {
         }
     }
     dirs.into_iter().map(|dir| dir.join(&name)).collect()
-}
-
-/// The directory holding this user's control sockets (created 0700 by the server).
-pub fn runtime_dir() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
-        Some(dir) => PathBuf::from(dir).join("lockfs"),
-        None if is_root() => PathBuf::from("/run/lockfs"),
-        None => std::env::temp_dir().join(format!("lockfs-{}", unsafe { libc::getuid() })),
-    }
-}
-
-fn is_root() -> bool {
-    // SAFETY: getuid cannot fail and touches no memory.
-    unsafe { libc::getuid() == 0 }
 }
 
 /// `mount_dir` made absolute with its parent resolved. The mount point itself is not
@@ -86,55 +74,9 @@ pub fn lexically_absolute(path: &Path) -> PathBuf {
     normal
 }
 
-/// A readable, bounded name: the directory's last component (sanitized, at most 40 bytes)
-/// and a hash of the whole path, so two mounts never share a socket and the socket path
-/// stays well under the 108-byte limit of `sun_path`.
-fn socket_name(canonical: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = canonical.as_os_str().as_bytes();
-    let readable: String = canonical
-        .file_name()
-        .map(|name| {
-            name.to_string_lossy()
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .take(40)
-                .collect()
-        })
-        .unwrap_or_else(|| "root".to_string());
-    format!("{readable}-{:016x}.sock", fnv1a64(bytes))
-}
-
-/// FNV-1a: stable across Rust releases, unlike the std hasher.
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in bytes {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_stable_distinct_and_short() {
-        let a = socket_name(Path::new("/home/ann/.openclaw"));
-        let b = socket_name(Path::new("/home/bob/.openclaw"));
-        assert_ne!(a, b);
-        assert!(a.starts_with("_openclaw-") && a.ends_with(".sock"), "{a}");
-        assert_eq!(a, socket_name(Path::new("/home/ann/.openclaw")));
-        let long = socket_name(Path::new(&format!("/x/{}", "d".repeat(300))));
-        assert!(long.len() < 70, "{long}");
-    }
 
     #[test]
     fn lexical_absolute_drops_dots() {

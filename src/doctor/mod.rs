@@ -13,7 +13,7 @@ use serde::Serialize;
 
 pub use mounts::{OpenPath, bypassing, dead_mounts, open_paths_under};
 
-use crate::control::mounts::LockfsMount;
+use crate::mountinfo::LockfsMount;
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
@@ -239,7 +239,7 @@ fn check_fuse_module(path: &Path) -> Check {
 fn check_dead_mounts(mountinfo: &str, dead: &[PathBuf]) -> Vec<Check> {
     const NAME: &str = "lockfs mounts";
     if dead.is_empty() {
-        let count = crate::control::mounts::parse_mountinfo(mountinfo).len();
+        let count = crate::mountinfo::parse_mountinfo(mountinfo).len();
         return vec![Check::ok(NAME, format!("none dead ({count} mounted)"))];
     }
     dead.iter()
@@ -262,7 +262,7 @@ fn check_dead_mounts(mountinfo: &str, dead: &[PathBuf]) -> Vec<Check> {
 
 fn check_bypass(mountinfo: &str, dead: &[PathBuf]) -> Vec<Check> {
     const NAME: &str = "bypassing processes";
-    let live: Vec<LockfsMount> = crate::control::mounts::parse_mountinfo(mountinfo)
+    let live: Vec<LockfsMount> = crate::mountinfo::parse_mountinfo(mountinfo)
         .into_iter()
         .filter(|mount| !dead.contains(&mount.mount_point))
         .collect();

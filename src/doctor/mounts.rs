@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::control::mounts::{LockfsMount, is_dead_mount_error, parse_mountinfo};
+use crate::mountinfo::{LockfsMount, is_dead_mount_error, parse_mountinfo};
 
 /// The lockfs mounts in `mountinfo` whose mount point answers `stat` with ENOTCONN or
 /// ECONNABORTED ([`is_dead_mount_error`]): the daemon is gone and the kernel keeps the
@@ -120,7 +120,7 @@ fn is_lockfs(proc_dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::mounts::SAMPLE_MOUNTINFO;
+    use crate::mountinfo::SAMPLE_MOUNTINFO;
 
     #[test]
     fn enotconn_or_econnaborted_marks_a_mount_dead() {

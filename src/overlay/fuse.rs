@@ -15,7 +15,7 @@ use fuser::{
 
 use super::Caller;
 use super::attr::dirent_type;
-use super::core::{Overlay, SetAttr};
+use super::passthrough::{Overlay, SetAttr};
 use super::reply::{ENTRY_TTL, reply_attr, reply_empty, reply_entry, reply_xattr};
 
 pub struct LockFs {

@@ -14,10 +14,10 @@ use fuser::Errno;
 use parking_lot::Mutex;
 
 use super::Caller;
-use super::core::Overlay;
 use super::handles::FileHandle;
 use super::names::Names;
 pub use super::names::{ExcludeFn, FileKey};
+use super::passthrough::Overlay;
 use crate::driver::{Asker, Driver, Frontend, Granted, Refusal};
 use crate::lease::{Counters, Grant, Intent, LeaseView, Outcome, Policy};
 use crate::platform::ProcessId;

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use fuser::{Errno, ReplyAttr, ReplyCreate, ReplyEmpty, ReplyEntry, ReplyOpen};
 
 use super::Caller;
-use super::core::{Entry, OpResult, Overlay, SetAttr};
 use super::gate::{Ask, FileKey, Gate, Held, intent_of_open};
 use super::inodes::InodeKey;
+use super::passthrough::{Entry, OpResult, Overlay, SetAttr};
 use super::reply::{Refuse, reply_attr, reply_create, reply_empty, reply_entry, reply_open};
 use crate::lease::{Intent, Outcome};
 use crate::sys;

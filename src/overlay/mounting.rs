@@ -1,9 +1,9 @@
-//! Finding and removing lockfs mounts, from /proc/self/mountinfo.
+//! Mounting and unmounting: mount(2) of /dev/fuse (or fusermount3), and umount2.
 
-use std::ffi::{CString, OsString};
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -19,45 +19,6 @@ pub fn absolute_mount_path(dir: &Path) -> anyhow::Result<PathBuf> {
             .unwrap_or(dir.clone())),
         _ => Ok(dir),
     }
-}
-
-/// Whether `dir` is the mount point of a lockfs mount (fstype fuse.lockfs).
-pub fn is_lockfs_mount(dir: &Path) -> bool {
-    let info = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
-    info.split(|&b| b == b'\n').any(|line| {
-        let line = String::from_utf8_lossy(line);
-        let mut halves = line.splitn(2, " - ");
-        let (Some(left), Some(right)) = (halves.next(), halves.next()) else {
-            return false;
-        };
-        let mount_point = left.split(' ').nth(4).map(unescape);
-        let mut fields = right.split(' ');
-        let (fstype, source) = (fields.next(), fields.next());
-        // fuse.lockfs from our own mount(2) or fusermount3; plain fuse named lockfs from
-        // fuser's direct mount.
-        let ours =
-            fstype == Some("fuse.lockfs") || (fstype == Some("fuse") && source == Some("lockfs"));
-        ours && mount_point.as_deref() == Some(dir)
-    })
-}
-
-fn unescape(text: &str) -> PathBuf {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 4 <= bytes.len()
-            && let Ok(code) = u8::from_str_radix(&text[i + 1..i + 4], 8)
-        {
-            out.push(code);
-            i += 4;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    PathBuf::from(OsString::from_vec(out))
 }
 
 /// umount2(dir), detached (MNT_DETACH) when `lazy`; falls back to fusermount3 for users.

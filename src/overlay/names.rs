@@ -5,8 +5,8 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
-use super::core::Overlay;
 use super::inodes::{Inode, InodeKey, ROOT_ID};
+use super::passthrough::Overlay;
 use crate::sys;
 
 /// Tells, from a path relative to the mount root, whether the user excluded a file.

@@ -9,8 +9,8 @@ use fuser::{
     ReplyOpen, ReplyXattr,
 };
 
-use super::core::{Entry, OpResult, Overlay, Xattr};
 use super::handles;
+use super::passthrough::{Entry, OpResult, Overlay, Xattr};
 
 /// How long the kernel may trust a name -> inode answer and an inode's attributes.
 ///

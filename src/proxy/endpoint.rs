@@ -8,6 +8,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::runtime_dir::{runtime_dir, socket_name};
+
 /// The endpoint a daemon serving `root` listens on, and clients look for by default.
 ///
 /// The name is derived from the canonical root (so `./state` and `/abs/state` agree):
@@ -15,52 +17,7 @@ use std::path::{Path, PathBuf};
 /// XDG_RUNTIME_DIR, or `<tmp>/lockfs-<uid>/...` for other users without it.
 pub fn default_endpoint(root: &Path) -> io::Result<PathBuf> {
     let canonical = root.canonicalize()?;
-    Ok(runtime_dir().join(endpoint_name(&canonical)))
-}
-
-fn endpoint_name(canonical_root: &Path) -> String {
-    let text = canonical_root.to_string_lossy();
-    let base: String = canonical_root
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "root".into())
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(32)
-        .collect();
-    format!("{base}-{:016x}.sock", fnv1a(text.as_bytes()))
-}
-
-/// FNV-1a: stable across builds and platforms, unlike std's hasher.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-#[cfg(unix)]
-fn runtime_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
-        return PathBuf::from(dir).join("lockfs");
-    }
-    // SAFETY: getuid cannot fail.
-    let uid = unsafe { libc::getuid() };
-    if uid == 0 {
-        PathBuf::from("/run/lockfs")
-    } else {
-        std::env::temp_dir().join(format!("lockfs-{uid}"))
-    }
-}
-
-#[cfg(windows)]
-fn runtime_dir() -> PathBuf {
-    PathBuf::from(r"\\.\pipe\lockfs")
+    Ok(runtime_dir().join(socket_name(&canonical)))
 }
 
 #[cfg(unix)]
@@ -160,16 +117,6 @@ pub mod windows {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn endpoint_names_are_stable_and_short() {
-        let name = endpoint_name(Path::new("/home/me/.openclaw"));
-        assert_eq!(name, endpoint_name(Path::new("/home/me/.openclaw")));
-        assert_ne!(name, endpoint_name(Path::new("/home/you/.openclaw")));
-        assert!(name.starts_with("_openclaw-") && name.ends_with(".sock"));
-        let long = endpoint_name(Path::new(&format!("/{}", "x".repeat(300))));
-        assert!(long.len() < 60);
-    }
 
     #[test]
     fn default_endpoint_follows_the_canonical_root() {

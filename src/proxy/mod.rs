@@ -22,7 +22,6 @@ pub use client::{AsyncClient, Client, Error, Guard};
 pub use endpoint::default_endpoint;
 pub use shim::run_command;
 
-use crate::lease::Policy;
 use crate::options::LeaseOptions;
 
 #[derive(Args, Debug)]
@@ -50,22 +49,6 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-/// The engine policy from the command line, defaults for what is not given.
-pub fn policy_from(options: &LeaseOptions) -> Policy {
-    let mut policy = Policy::default();
-    if let Some(linger) = options.linger {
-        policy.linger = linger;
-        policy.max_linger = policy.max_linger.max(linger);
-    }
-    if let Some(max_hold) = options.max_hold {
-        policy.max_hold = max_hold;
-    }
-    if let Some(max_wait) = options.max_wait {
-        policy.max_wait = max_wait;
-    }
-    policy
-}
-
 pub fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let root = args
         .root
@@ -75,15 +58,17 @@ pub fn serve_command(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Some(socket) => socket,
         None => default_endpoint(&root)?,
     };
-    if !args.lease.exclude.is_empty() {
-        tracing::warn!("--exclude is ignored by serve: clients choose what they lease");
+    // The same policy a mount gets: defaults, then the config file, then the flags.
+    let resolved = crate::config::resolve(&args.lease)?;
+    if !resolved.excludes.is_empty() {
+        tracing::warn!("excludes are ignored by serve: clients choose what they lease");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let server = server::Server::new(&root, policy_from(&args.lease))?;
+        let server = server::Server::new(&root, resolved.policy)?;
         let listener = endpoint::bind(&endpoint)
             .with_context(|| format!("listen on {}", endpoint.display()))?;
         eprintln!(

@@ -7,11 +7,12 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::protocol::ErrorCode;
+use crate::sys;
 
 /// A wire path made canonical: components joined by `/`, no `.`, no empty parts.
 pub fn normalize(path: &str) -> Result<String, (ErrorCode, String)> {
@@ -48,19 +49,11 @@ impl Root {
     pub fn open(path: &Path) -> io::Result<Root> {
         let canonical = path.canonicalize()?;
         let name = CString::new(canonical.as_os_str().as_bytes())?;
-        // SAFETY: name is a valid C string; the result is a new fd or -1.
-        let fd = unsafe {
-            libc::open(
-                name.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // SAFETY: AT_FDCWD is a valid directory for the length of this call.
+        let cwd = unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) };
+        let dir = sys::openat(cwd, &name, libc::O_PATH | libc::O_DIRECTORY, 0)?;
         Ok(Root {
-            // SAFETY: fd is a fresh descriptor we own.
-            dir: unsafe { OwnedFd::from_raw_fd(fd) },
+            dir,
             path: canonical,
         })
     }
@@ -80,19 +73,24 @@ impl Root {
     }
 
     fn open_dir_beneath(&self, dir: &str) -> io::Result<OwnedFd> {
-        match openat2_beneath(self.dir.as_raw_fd(), dir) {
+        let path = CString::new(dir)?;
+        match sys::openat2_beneath(self.dir.as_fd(), &path, libc::O_PATH | libc::O_DIRECTORY) {
             Err(err) if err.raw_os_error() == Some(libc::ENOSYS) => self.walk_beneath(dir),
             other => other,
         }
     }
 
     fn walk_beneath(&self, dir: &str) -> io::Result<OwnedFd> {
-        let mut current = openat(self.dir.as_raw_fd(), ".", 0)?;
+        let open_dir = |at: BorrowedFd<'_>, name: &str, extra: i32| {
+            let name = CString::new(name)?;
+            sys::openat(at, &name, libc::O_PATH | libc::O_DIRECTORY | extra, 0)
+        };
+        let mut current = open_dir(self.dir.as_fd(), ".", 0)?;
         for part in dir
             .split('/')
             .filter(|part| !part.is_empty() && *part != ".")
         {
-            current = openat(current.as_raw_fd(), part, libc::O_NOFOLLOW)?;
+            current = open_dir(current.as_fd(), part, libc::O_NOFOLLOW)?;
         }
         Ok(current)
     }
@@ -101,50 +99,26 @@ impl Root {
     pub fn rename(&self, temp: &str, target: &str) -> io::Result<()> {
         let (temp_dir, temp_name) = self.parent_of(temp)?;
         let (target_dir, target_name) = self.parent_of(target)?;
-        let mut stat = std::mem::MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: valid fd and name; stat is a buffer of the right size.
-        let rc = unsafe {
-            libc::fstatat(
-                temp_dir.as_raw_fd(),
-                temp_name.as_ptr(),
-                stat.as_mut_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fstatat succeeded and filled it.
-        let mode = unsafe { stat.assume_init() }.st_mode;
-        if mode & libc::S_IFMT != libc::S_IFREG {
+        let st = sys::fstatat(temp_dir.as_fd(), &temp_name, libc::AT_SYMLINK_NOFOLLOW)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the temp file is not a regular file",
             ));
         }
-        // SAFETY: valid fds and names.
-        let rc = unsafe {
-            libc::renameat(
-                temp_dir.as_raw_fd(),
-                temp_name.as_ptr(),
-                target_dir.as_raw_fd(),
-                target_name.as_ptr(),
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        sys::renameat2(
+            temp_dir.as_fd(),
+            &temp_name,
+            target_dir.as_fd(),
+            &target_name,
+            0,
+        )
     }
 
     /// Removes the name `path` beneath the root (never what a symlink points to).
     pub fn remove(&self, path: &str) -> io::Result<()> {
         let (dir, name) = self.parent_of(path)?;
-        // SAFETY: valid fd and name.
-        if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        sys::unlinkat(dir.as_fd(), &name, 0)
     }
 }
 
@@ -155,46 +129,6 @@ pub fn error_code(err: &io::Error) -> ErrorCode {
         Some(libc::ENOENT) => ErrorCode::NotFound,
         _ => ErrorCode::Io,
     }
-}
-
-fn openat2_beneath(dir: RawFd, path: &str) -> io::Result<OwnedFd> {
-    let name = CString::new(path)?;
-    // SAFETY: open_how is plain data; zeroed is a valid value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: valid fd, C string, and open_how of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir,
-            name.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-fn openat(dir: RawFd, name: &str, extra: libc::c_int) -> io::Result<OwnedFd> {
-    let name = CString::new(name)?;
-    // SAFETY: valid fd and C string.
-    let fd = unsafe {
-        libc::openat(
-            dir,
-            name.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC | extra,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]

@@ -1,0 +1,389 @@
+//! The mount and unmount commands, and the daemon's life: checks, backgrounding, the
+//! session, signals.
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use crate::mountinfo::{self, is_dead_mount_error};
+use crate::options::LeaseOptions;
+use crate::sys;
+
+use super::fuse::LockFs;
+use super::passthrough::Overlay;
+use super::{control, gate, leased, mounting};
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// The directory to protect; lockfs mounts over this same path.
+    pub dir: PathBuf,
+    /// Stay attached to the terminal (for systemd and debugging) instead of backgrounding.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Let other users use the mount (permissions are still checked as on the disk below).
+    #[arg(long)]
+    pub allow_other: bool,
+    /// Serve reads and writes in the daemon instead of kernel passthrough (for benchmarks).
+    #[arg(long)]
+    pub no_passthrough: bool,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub threads: usize,
+    /// Write the daemon's pid to FILE (removed when the daemon exits).
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+    /// Append the background daemon's log to FILE (default: discarded).
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub lease: LeaseOptions,
+}
+
+#[derive(Args, Debug)]
+pub struct UnmountArgs {
+    /// The mounted directory.
+    pub dir: PathBuf,
+    /// Detach the mount even while files in it are open (they keep working until closed).
+    #[arg(long)]
+    pub lazy: bool,
+}
+
+pub fn mount_command(mut args: MountArgs) -> anyhow::Result<ExitCode> {
+    let dir = checked_mount_dir(&args.dir)?;
+    if let Some(pid_file) = &args.pid_file {
+        args.pid_file = Some(checked_side_file(pid_file, &dir, "--pid-file")?);
+    }
+    if let Some(log_file) = &args.log_file {
+        args.log_file = Some(checked_side_file(log_file, &dir, "--log-file")?);
+    }
+    if args.foreground {
+        run_daemon(&args, &dir, None)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (ready_read, ready_write) = pipe()?;
+    // Fork before any thread exists: the child runs the session, the parent only waits.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()).context("fork the daemon"),
+        0 => {
+            drop(ready_read);
+            let code = daemon_child(&args, &dir, ready_write);
+            std::process::exit(code);
+        }
+        child => {
+            drop(ready_write);
+            let mut message = String::new();
+            let _ = std::fs::File::from(ready_read).read_to_string(&mut message);
+            if message.starts_with("ok") {
+                return Ok(ExitCode::SUCCESS);
+            }
+            unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+            match message.strip_prefix("error: ") {
+                Some(error) => bail!("{}", error.trim_end()),
+                None => bail!(
+                    "the daemon exited before {} was mounted; run with --foreground -v to see why",
+                    dir.display()
+                ),
+            }
+        }
+    }
+}
+
+pub fn unmount_command(args: UnmountArgs) -> anyhow::Result<ExitCode> {
+    let dir = mounting::absolute_mount_path(&args.dir)?;
+    if !mountinfo::is_lockfs_mount(&dir) {
+        bail!(
+            "{} is not a lockfs mount; nothing to unmount (see /proc/self/mountinfo)",
+            dir.display()
+        );
+    }
+    let daemon_gone = matches!(std::fs::metadata(&dir), Err(e) if is_dead_mount_error(&e));
+    if daemon_gone {
+        mounting::unmount(&dir, true)?;
+        eprintln!(
+            "lockfs: the daemon for {} was gone; cleared its mount",
+            dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    match mounting::unmount(&dir, args.lazy) {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => bail!(
+            "{} is busy: a process has files open or its working directory there; \
+             close them, or run `lockfs unmount --lazy {}`",
+            dir.display(),
+            dir.display()
+        ),
+        other => other.with_context(|| format!("unmount {}", dir.display()))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The canonical directory to mount over, or a one-line error that says what to do.
+fn checked_mount_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    let meta = match std::fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "{} does not exist; create it first (mkdir -p {})",
+            dir.display(),
+            dir.display()
+        ),
+        Err(e) if is_dead_mount_error(&e) => bail!(
+            "{} is a lockfs mount whose daemon died; run `lockfs unmount {}` first",
+            dir.display(),
+            dir.display()
+        ),
+        Err(e) => bail!("cannot use {}: {e}", dir.display()),
+    };
+    if !meta.is_dir() {
+        bail!(
+            "{} is not a directory; lockfs mounts over a directory (the state dir)",
+            dir.display()
+        );
+    }
+    let dir = std::fs::canonicalize(dir).with_context(|| format!("resolve {}", dir.display()))?;
+    if mountinfo::is_lockfs_mount(&dir) {
+        bail!(
+            "{} is already mounted by lockfs; run `lockfs unmount {}` first",
+            dir.display(),
+            dir.display()
+        );
+    }
+    if !Path::new("/dev/fuse").exists() {
+        bail!(
+            "/dev/fuse is missing: load the fuse module (modprobe fuse) or pass the device \
+             into the container (--device /dev/fuse); without FUSE use `lockfs serve`"
+        );
+    }
+    Ok(dir)
+}
+
+/// An absolute path for a file the daemon writes (pid or log file): its directory must
+/// exist, and it must lie outside the mount, which cannot serve the daemon before it runs.
+fn checked_side_file(file: &Path, mount_dir: &Path, option: &str) -> anyhow::Result<PathBuf> {
+    let name = file
+        .file_name()
+        .with_context(|| format!("{option} {} names no file", file.display()))?;
+    let parent = match file.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let parent = std::fs::canonicalize(parent).map_err(|e| {
+        anyhow::anyhow!(
+            "{option} {}: its directory cannot be used ({e}); create it or choose another path",
+            file.display()
+        )
+    })?;
+    let absolute = parent.join(name);
+    if absolute.starts_with(mount_dir) {
+        bail!(
+            "{option} {} is inside {}, which lockfs is about to mount over; put it outside",
+            file.display(),
+            mount_dir.display()
+        );
+    }
+    Ok(absolute)
+}
+
+fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error()).context("create the readiness pipe");
+    }
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The forked daemon: detach from the terminal, run the session, report readiness.
+fn daemon_child(args: &MountArgs, dir: &Path, ready: OwnedFd) -> i32 {
+    unsafe { libc::setsid() };
+    redirect_stdio(args.log_file.as_deref());
+    match run_daemon(args, dir, Some(ready)) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            1
+        }
+    }
+}
+
+fn redirect_stdio(log_file: Option<&Path>) {
+    let null = CString::new("/dev/null").expect("no NUL");
+    let null_fd = unsafe { libc::open(null.as_ptr(), libc::O_RDWR) };
+    let log_fd = log_file
+        .and_then(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .ok()
+        })
+        .map(std::os::fd::IntoRawFd::into_raw_fd);
+    unsafe {
+        libc::dup2(null_fd, 0);
+        libc::dup2(null_fd, 1);
+        libc::dup2(log_fd.unwrap_or(null_fd), 2);
+        libc::close(null_fd);
+        if let Some(fd) = log_fd {
+            libc::close(fd);
+        }
+    }
+}
+
+/// Mounts and serves until unmounted; `ready` gets "ok" once the mount answers, or the
+/// error that prevented it.
+fn run_daemon(args: &MountArgs, dir: &Path, ready: Option<OwnedFd>) -> anyhow::Result<()> {
+    let mut ready = ready.map(std::fs::File::from);
+    // Named before mounting: finding it afterwards would touch the mount point.
+    let socket = crate::control::socket_path_for(dir);
+    let stop_signals = block_stop_signals();
+    let (session, gate) = match start_session(args, dir) {
+        Ok(started) => started,
+        Err(e) => {
+            if let Some(ready) = ready.as_mut() {
+                let _ = writeln!(ready, "error: {e:#}");
+            }
+            return Err(e);
+        }
+    };
+    let mut session = session;
+    if let Some(pid_file) = &args.pid_file {
+        let _ = std::fs::write(pid_file, format!("{}\n", std::process::id()));
+    }
+    let control = control::OverlayControl::new(gate, dir);
+    let _control = crate::control::Server::start(&socket, Arc::new(control))
+        .with_context(|| format!("start the control socket {}", socket.display()))?;
+    let unmounter = session.unmount_callable();
+    spawn_signal_thread(stop_signals, unmounter, dir.to_path_buf())?;
+    tracing::info!("mounted {}", dir.display());
+    if let Some(mut ready) = ready.take() {
+        let _ = ready.write_all(b"ok\n");
+    }
+    let result = session.run();
+    if let Some(pid_file) = &args.pid_file {
+        let _ = std::fs::remove_file(pid_file);
+    }
+    tracing::info!("unmounted {}", dir.display());
+    result.context("FUSE session")
+}
+
+fn start_session(
+    args: &MountArgs,
+    dir: &Path,
+) -> anyhow::Result<(fuser::Session<LockFs>, Arc<gate::Gate>)> {
+    match sys::raise_nofile_limit() {
+        Ok(limit) => tracing::debug!("open file limit {limit}"),
+        Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
+    }
+    // The kernel applies the caller's umask before a create reaches us.
+    unsafe { libc::umask(0) };
+    let cdir = CString::new(dir.as_os_str().as_bytes()).context("directory name")?;
+    let root = sys::openat(
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(libc::AT_FDCWD) },
+        &cdir,
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .with_context(|| format!("open {}", dir.display()))?;
+    let core = Arc::new(Overlay::new(root).context("stat the directory")?);
+    let resolved = crate::config::resolve(&args.lease)?;
+    let policy = resolved.policy.clone();
+    tracing::info!(
+        linger_ms = policy.linger.as_millis() as u64,
+        max_hold_ms = policy.max_hold.as_millis() as u64,
+        max_wait_ms = policy.max_wait.as_millis() as u64,
+        "lease policy"
+    );
+    let has_excludes =
+        !resolved.excludes.is_empty() || resolved.rules.iter().any(|rule| rule.exclude.is_some());
+    let excluded: Option<gate::ExcludeFn> = has_excludes
+        .then(|| Box::new(move |path: &str| resolved.is_excluded(Path::new(path))) as _);
+    let gate =
+        gate::Gate::start(Arc::clone(&core), policy, excluded).context("start the lease layer")?;
+    let fs = LockFs {
+        leased: leased::Leased {
+            core: Arc::clone(&core),
+            gate: Arc::clone(&gate),
+        },
+        core,
+        want_passthrough: !args.no_passthrough,
+    };
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName("lockfs".into()),
+        fuser::MountOption::Subtype("lockfs".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    if args.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(args.threads.max(1));
+    config.clone_fd = true;
+    if unsafe { libc::geteuid() } == 0 {
+        let dev = mounting::mount_fuse(dir, args.allow_other).map_err(|e| mount_error(dir, e))?;
+        let session = fuser::Session::from_fd(fs, dev, config.acl, config)
+            .map_err(|e| mount_error(dir, e))?;
+        return Ok((session, gate));
+    }
+    let session = fuser::Session::new(fs, dir, &config).map_err(|e| mount_error(dir, e))?;
+    Ok((session, gate))
+}
+
+fn mount_error(dir: &Path, e: std::io::Error) -> anyhow::Error {
+    let hint = match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => {
+            "not permitted; run as root, or install fuse3 (fusermount3) for mounts by a user"
+        }
+        Some(libc::ENODEV) | Some(libc::ENXIO) => {
+            "the kernel has no FUSE support here (modprobe fuse), or use `lockfs serve`"
+        }
+        _ if e.kind() == std::io::ErrorKind::NotFound => {
+            "a FUSE helper is missing; run as root or install fuse3 (fusermount3)"
+        }
+        _ => "run `lockfs doctor` for a check of this machine",
+    };
+    anyhow::anyhow!("cannot mount {}: {e}; {hint}", dir.display())
+}
+
+/// SIGINT/SIGTERM unmount cleanly: blocked in every thread (the workers inherit the mask)
+/// and taken by one thread that unmounts, which ends the session loop.
+/// Blocks SIGINT and SIGTERM in this thread and every thread started after it, so that
+/// only the signal thread (sigwait) receives them. Call before starting any thread.
+fn block_stop_signals() -> libc::sigset_t {
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    set
+}
+
+fn spawn_signal_thread(
+    set: libc::sigset_t,
+    mut unmounter: fuser::SessionUnmounter,
+    dir: PathBuf,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut signal = 0;
+            unsafe { libc::sigwait(&set, &mut signal) };
+            tracing::info!("signal {signal}: unmounting {}", dir.display());
+            // A session from our own mount(2) has nothing for fuser to unmount.
+            let _ = unmounter.unmount();
+            if mountinfo::is_lockfs_mount(&dir)
+                && let Err(e) = mounting::unmount(&dir, false)
+            {
+                tracing::warn!("unmount failed ({e}); detaching the mount");
+                let _ = mounting::unmount(&dir, true);
+            }
+        })
+        .context("start the signal thread")?;
+    Ok(())
+}
