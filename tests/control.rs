@@ -8,10 +8,11 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lockfs::control::{ControlHandler, DaemonInfo, Server, StatusReport, client};
-use lockfs::driver::{Asker, Driver};
-use lockfs::lease::{Ask, Counters, HolderView, Intent, LeaseState, LeaseView, Policy, WaiterView};
-use lockfs::platform::ProcessId;
+use lockfs::testing::control::{ControlHandler, DaemonInfo, Server, StatusReport, client};
+use lockfs::testing::{
+    Ask, Asker, Counters, Driver, HolderView, Intent, LeaseState, LeaseView, Policy, ProcessId,
+    WaiterView,
+};
 
 struct FakeDaemon {
     broken: Mutex<Vec<PathBuf>>,
@@ -27,7 +28,7 @@ impl FakeDaemon {
 
 impl ControlHandler for FakeDaemon {
     fn status(&self) -> StatusReport {
-        let me = lockfs::platform::process(std::process::id()).unwrap();
+        let me = lockfs::testing::process(std::process::id()).unwrap();
         let views = vec![LeaseView {
             key: "agents/a/sessions/sessions.json".to_string(),
             holders: vec![HolderView {
@@ -385,10 +386,10 @@ fn the_real_driver_behind_the_socket() {
         epoch: Instant::now(),
         policy,
     });
-    let me = lockfs::platform::process(std::process::id()).unwrap();
+    let me = lockfs::testing::process(std::process::id()).unwrap();
     let other = ProcessId {
         pid: 1,
-        start_time: lockfs::platform::start_time(1).unwrap(),
+        start_time: lockfs::testing::start_time(1).unwrap(),
     };
     let (granted, answers) = std::sync::mpsc::channel();
     for (process, intent) in [(me, Intent::Write), (other, Intent::Read)] {

@@ -6,8 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Command};
 
-use lockfs::doctor::{bypassing, open_paths_under};
-use lockfs::mountinfo::LockfsMount;
+use lockfs::testing::{LockfsMount, bypassing, open_paths_under};
 
 #[test]
 fn json_lists_every_check_and_the_exit_status_agrees() {

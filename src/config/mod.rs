@@ -84,13 +84,16 @@ impl Resolved {
         by_rule.unwrap_or_else(|| self.excludes.iter().any(|glob| glob.matches(rel_path)))
     }
 
-    /// The policy for `rel_path`: the mount's, with the matching rules' settings on top.
-    pub fn policy_for(&self, rel_path: &Path) -> Policy {
-        let mut policy = self.policy.clone();
-        for rule in self.matching_rules(rel_path) {
-            set_policy(&mut policy, rule.linger, rule.max_hold, rule.max_wait);
-        }
-        policy
+    /// The globs of rules that set a duration: parsed, but not applied yet (the engine
+    /// runs one policy per mount), which [`resolve`] warns about.
+    pub fn rules_with_unapplied_durations(&self) -> Vec<&str> {
+        self.rules
+            .iter()
+            .filter(|rule| {
+                rule.linger.is_some() || rule.max_hold.is_some() || rule.max_wait.is_some()
+            })
+            .map(|rule| rule.glob.as_str())
+            .collect()
     }
 
     fn matching_rules<'a>(&'a self, rel_path: &'a Path) -> impl Iterator<Item = &'a Rule> + 'a {
@@ -135,12 +138,19 @@ pub fn resolve_with_default(
     for text in &opts.exclude {
         excludes.push(Glob::new(text).map_err(|why| anyhow::anyhow!("--exclude: {why}"))?);
     }
-    Ok(Resolved {
+    let resolved = Resolved {
         policy,
         excludes,
         rules: file.rules,
         source,
-    })
+    };
+    for glob in resolved.rules_with_unapplied_durations() {
+        tracing::warn!(
+            "config rule for {glob}: per-path linger, max_hold and max_wait are not applied \
+             yet (only exclude is); the mount's policy applies to it"
+        );
+    }
+    Ok(resolved)
 }
 
 /// Sets the durations given; a longer linger raises the adaptive linger's cap with it.
@@ -259,14 +269,9 @@ exclude = true
         let resolved = resolve_text(SAMPLE, LeaseOptions::default()).unwrap();
         assert!(resolved.is_excluded(Path::new("logs/gateway.log")));
         assert!(!resolved.is_excluded(Path::new("openclaw.json")));
-        let sessions = Path::new("agents/main/sessions/sessions.json");
         assert_eq!(
-            resolved.policy_for(sessions).linger,
-            Duration::from_millis(100)
-        );
-        assert_eq!(
-            resolved.policy_for(Path::new("openclaw.json")).linger,
-            Duration::from_millis(20)
+            resolved.rules_with_unapplied_durations(),
+            vec!["agents/*/sessions/*.json"]
         );
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
-pub use mounts::{OpenPath, bypassing, dead_mounts, open_paths_under};
+pub use mounts::{bypassing, dead_mounts, open_paths_under};
 
 use crate::mountinfo::LockfsMount;
 

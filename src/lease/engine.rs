@@ -307,6 +307,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     }
 
     /// Asks for a lease on `key` with the plainest request of `intent`.
+    #[cfg(test)]
     pub fn acquire(
         &mut self,
         now: Duration,

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use fuser::BackingId;
 use parking_lot::{Mutex, RwLock};
 
-use super::Caller;
 use super::inodes::Inode;
 
 /// One open file: created by OPEN/CREATE, gone at RELEASE.
@@ -20,8 +19,6 @@ pub struct FileHandle {
     pub inode: Arc<Inode>,
     /// The open(2) flags the caller passed (O_ACCMODE, O_APPEND, ...).
     pub flags: i32,
-    /// Who opened it (RELEASE carries no caller, so this is the attribution).
-    pub opener: Caller,
     pub file: OwnedFd,
     /// Set when the kernel serves READ/WRITE from the backing file itself; kept alive
     /// from open to release because dropping it closes the backing file in the kernel.
@@ -31,10 +28,6 @@ pub struct FileHandle {
 impl FileHandle {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
-    }
-
-    pub fn is_passthrough(&self) -> bool {
-        self.backing.lock().is_some()
     }
 }
 
@@ -76,16 +69,6 @@ impl Handles {
 
     pub fn remove_file(&self, fh: u64) -> Option<Arc<FileHandle>> {
         self.files.write().remove(&fh)
-    }
-
-    /// All open handles of one inode (e.g. for the lease layer's "who has it open").
-    pub fn files_of(&self, nodeid: u64) -> Vec<Arc<FileHandle>> {
-        self.files
-            .read()
-            .values()
-            .filter(|h| h.inode.nodeid == nodeid)
-            .cloned()
-            .collect()
     }
 
     pub fn insert_dir(&self, inode: Arc<Inode>, stream: DirStream) -> u64 {

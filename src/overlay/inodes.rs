@@ -64,10 +64,6 @@ impl Inode {
         self.fd.as_fd()
     }
 
-    pub fn is_dir(&self) -> bool {
-        self.file_type == libc::S_IFDIR
-    }
-
     pub fn is_symlink(&self) -> bool {
         self.file_type == libc::S_IFLNK
     }
@@ -262,21 +258,20 @@ impl InodeStore {
         }
     }
 
-    /// How many lookups the kernel holds on `nodeid` (0 when unknown); for tests and status.
+    /// How many inodes the store knows.
+    #[cfg(test)]
+    pub fn count(&self) -> usize {
+        self.tables.lock().by_node.len()
+    }
+
+    /// How many lookups the kernel holds on `nodeid` (0 when unknown).
+    #[cfg(test)]
     pub fn lookups(&self, nodeid: u64) -> u64 {
         self.tables
             .lock()
             .by_node
             .get(&nodeid)
             .map_or(0, |e| e.lookups)
-    }
-
-    pub fn len(&self) -> usize {
-        self.tables.lock().by_node.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -22,5 +22,3 @@ pub mod reply;
 
 pub use self::caller::Caller;
 pub use self::daemon::{MountArgs, UnmountArgs, mount_command, unmount_command};
-pub use self::fuse::LockFs;
-pub use self::passthrough::{Entry, OpResult, Overlay, SetAttr};

@@ -75,10 +75,6 @@ impl Overlay {
         &self.inodes
     }
 
-    pub fn handles(&self) -> &Handles {
-        &self.handles
-    }
-
     pub fn set_passthrough(&self, on: bool) {
         self.passthrough.store(on, Ordering::Relaxed);
     }
@@ -105,6 +101,7 @@ impl Overlay {
     }
 
     /// Which path (parent nodeid, name) `nodeid` was last known by; `None` once unlinked.
+    #[cfg(test)]
     pub fn path_of(&self, nodeid: u64) -> Option<super::inodes::NamedAt> {
         self.inodes.get(nodeid)?.named_at()
     }
@@ -329,18 +326,11 @@ impl Overlay {
         })
     }
 
-    fn register(
-        &self,
-        inode: Arc<Inode>,
-        flags: i32,
-        caller: Caller,
-        file: OwnedFd,
-    ) -> Arc<FileHandle> {
+    fn register(&self, inode: Arc<Inode>, flags: i32, file: OwnedFd) -> Arc<FileHandle> {
         let handle = Arc::new(FileHandle {
             fh: self.handles.next_fh(),
             inode,
             flags,
-            opener: caller,
             file,
             backing: Mutex::new(None),
         });
@@ -349,14 +339,14 @@ impl Overlay {
     }
 
     /// Opens `nodeid` with the caller's open(2) `flags`; the handle lives until `release`.
-    pub fn open(&self, caller: Caller, nodeid: u64, flags: i32) -> OpResult<Arc<FileHandle>> {
+    pub fn open(&self, _caller: Caller, nodeid: u64, flags: i32) -> OpResult<Arc<FileHandle>> {
         let inode = self.inode(nodeid)?;
         // The kernel resolved the path already: following the /proc link must not fail on
         // O_NOFOLLOW, and creation flags mean nothing on an existing file.
         let open_flags =
             flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW);
         let file = sys::reopen(inode.fd(), open_flags).map_err(errno)?;
-        Ok(self.register(inode, flags, caller, file))
+        Ok(self.register(inode, flags, file))
     }
 
     /// Creates `parent/name` empty as the caller, with the permission bits of `like` (an
@@ -408,7 +398,7 @@ impl Overlay {
         };
         let path_fd = sys::reopen(file.as_fd(), libc::O_PATH).map_err(errno)?;
         let entry = self.entry_from_fd(path_fd, parent, name)?;
-        let handle = self.register(Arc::clone(&entry.inode), flags, caller, file);
+        let handle = self.register(Arc::clone(&entry.inode), flags, file);
         Ok((entry, handle))
     }
 
@@ -820,7 +810,7 @@ mod tests {
             assert_eq!(*size, 1);
         }
         assert_eq!(overlay.inodes().lookups(ROOT_ID), 1, "dots take no lookup");
-        assert_eq!(overlay.inodes().len(), 3, "the root and the two that fit");
+        assert_eq!(overlay.inodes().count(), 3, "the root and the two that fit");
         let mut rest = Vec::new();
         overlay
             .readdirplus(fh, 0, |entry, _| {
