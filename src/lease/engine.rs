@@ -237,7 +237,7 @@ pub(super) fn entry_seen_by<K: Eq + Hash>(entries: &mut HashMap<K, Entry>, key: 
 const READER_STREAK: u32 = 2;
 
 /// Records of what processes saw are pruned by age once there are this many.
-const SEEN_PRUNE_AT: usize = 4096;
+pub(super) const SEEN_PRUNE_AT: usize = 4096;
 
 /// How old a pruned `seen` record must be.
 const SEEN_HORIZON: Duration = Duration::from_secs(600);
@@ -1152,6 +1152,13 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             _ => None,
         };
         if let Some(holder) = holder {
+            if self.read_streaks.len() >= SEEN_PRUNE_AT {
+                // Files forgotten since (nothing seen of them within the horizon) start
+                // their streaks afresh: the map stays bounded by what is remembered.
+                let entries = &self.entries;
+                self.read_streaks
+                    .retain(|(file, _), _| entries.contains_key(file));
+            }
             *self.read_streaks.entry((key.clone(), holder)).or_default() += 1;
             self.counters.cycles_read_only += 1;
         }

@@ -3,6 +3,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
+use super::engine::SEEN_PRUNE_AT;
 use super::*;
 
 const A: Holder = Holder {
@@ -972,4 +973,33 @@ fn a_process_that_saves_a_file_is_never_taken_for_its_reader() {
     e.finish(ms(501), b.lease, B, Outcome::Committed);
     granted(e.request(ms(502), &"s", A, ask(Intent::Read)));
     assert_eq!(e.request(ms(503), &"s", A, rename), Admission::Fenced);
+}
+
+/// A long-lived process reading many files, over hours: what the engine remembers per file
+/// and process stays bounded once the files are old news.
+#[test]
+fn memory_of_many_read_files_is_pruned_by_time() {
+    let mut engine: Engine<String> = Engine::new(policy());
+    let mut now = ms(1);
+    for round in 0..3 {
+        for i in 0..3000 {
+            let key = format!("r{round}/f{i}.json");
+            let grant = granted(engine.acquire(now, &key, A, Intent::Read, None));
+            engine.finish(now, grant.lease, A, Outcome::Read);
+            now += ms(1);
+            engine.tick(now + ms(1000));
+        }
+        // Hours pass between rounds.
+        now += Duration::from_secs(3600);
+    }
+    assert!(
+        engine.read_streaks.len() <= SEEN_PRUNE_AT + 3000,
+        "read streaks: {}",
+        engine.read_streaks.len()
+    );
+    assert!(
+        engine.seen.len() <= SEEN_PRUNE_AT + 3000,
+        "seen: {}",
+        engine.seen.len()
+    );
 }
