@@ -22,6 +22,12 @@ pub use view::{Counters, EndReason, HolderView, LeaseState, LeaseView, WaiterVie
 /// A holder is a process, named by pid and start time.
 pub type Holder = crate::platform::ProcessId;
 
+/// A process for the tests: pid and start time.
+#[cfg(test)]
+const fn holder(pid: u32, start_time: u64) -> Holder {
+    Holder { pid, start_time }
+}
+
 #[cfg(test)]
 mod model;
 #[cfg(test)]

@@ -17,26 +17,11 @@ use std::time::Duration;
 
 use super::*;
 
-const P0: Holder = Holder {
-    pid: 10,
-    start_time: 1,
-};
-const P1: Holder = Holder {
-    pid: 11,
-    start_time: 1,
-};
-const SHELL: Holder = Holder {
-    pid: 12,
-    start_time: 1,
-};
-const SED: Holder = Holder {
-    pid: 13,
-    start_time: 2,
-};
-const MV: Holder = Holder {
-    pid: 14,
-    start_time: 3,
-};
+const P0: Holder = holder(10, 1);
+const P1: Holder = holder(11, 1);
+const SHELL: Holder = holder(12, 1);
+const SED: Holder = holder(13, 2);
+const MV: Holder = holder(14, 3);
 
 const KEY: &str = "store.json";
 

@@ -6,18 +6,9 @@ use proptest::prelude::*;
 use super::engine::SEEN_PRUNE_AT;
 use super::*;
 
-const A: Holder = Holder {
-    pid: 100,
-    start_time: 1,
-};
-const B: Holder = Holder {
-    pid: 200,
-    start_time: 1,
-};
-const C: Holder = Holder {
-    pid: 300,
-    start_time: 1,
-};
+const A: Holder = holder(100, 1);
+const B: Holder = holder(200, 1);
+const C: Holder = holder(300, 1);
 
 fn ms(value: u64) -> Duration {
     Duration::from_millis(value)
@@ -570,10 +561,7 @@ proptest! {
     }
 }
 
-const SHELL: Holder = Holder {
-    pid: 50,
-    start_time: 1,
-};
+const SHELL: Holder = holder(50, 1);
 
 fn ask(intent: Intent) -> Ask {
     Ask::new(intent)
