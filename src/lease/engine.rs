@@ -239,6 +239,33 @@ const READER_STREAK: u32 = 2;
 /// Records of what processes saw are pruned by age once there are this many.
 pub(super) const SEEN_PRUNE_AT: usize = 4096;
 
+/// How often a holder's activity restarts its lingers (see [`Engine::activity`]).
+pub(super) const ACTIVITY_GRAIN: Duration = Duration::from_millis(10);
+
+/// When a map remembered per file and process is pruned next: at [`SEEN_PRUNE_AT`] records,
+/// then at twice what a pruning kept. A pruning that keeps most records (they are all
+/// recent: git add of thousands of files) must not run again at the next insert, or
+/// every request pays for the whole map (git add of 3,000 files took 9 s of daemon CPU).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PruneAt(usize);
+
+impl Default for PruneAt {
+    fn default() -> PruneAt {
+        PruneAt(SEEN_PRUNE_AT)
+    }
+}
+
+impl PruneAt {
+    pub(super) fn due(self, len: usize) -> bool {
+        len >= self.0
+    }
+
+    /// A pruning left `len` records.
+    pub(super) fn pruned(&mut self, len: usize) {
+        self.0 = SEEN_PRUNE_AT.max(len.saturating_mul(2));
+    }
+}
+
 /// How old a pruned `seen` record must be.
 const SEEN_HORIZON: Duration = Duration::from_secs(600);
 
@@ -271,6 +298,12 @@ pub struct Engine<K> {
     /// A deadline that moves later is found at the old one and filed again; every change
     /// that brings one earlier (a lease granted, a use ended) files it at once.
     pub(super) deadlines: BTreeSet<(Duration, LeaseId)>,
+    /// When each holder's activity last restarted its lingers.
+    pub(super) last_activity: HashMap<Holder, Duration>,
+    /// When `seen`, `savers` and `read_streaks` are pruned next.
+    pub(super) prune_seen_at: PruneAt,
+    pub(super) prune_savers_at: PruneAt,
+    pub(super) prune_streaks_at: PruneAt,
 }
 
 impl<K: Clone + Eq + Hash> Engine<K> {
@@ -288,6 +321,10 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             untied: Vec::new(),
             savers: HashSet::new(),
             deadlines: BTreeSet::new(),
+            last_activity: HashMap::new(),
+            prune_seen_at: PruneAt::default(),
+            prune_savers_at: PruneAt::default(),
+            prune_streaks_at: PruneAt::default(),
         }
     }
 
@@ -331,10 +368,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     /// lock are answered now: granted, joined, fenced, or let through out of turn.
     pub fn request(&mut self, now: Duration, key: &K, holder: Holder, ask: Ask) -> Admission {
         if ask.intent == Intent::Write {
-            if self.savers.len() >= SEEN_PRUNE_AT {
+            if self.prune_savers_at.due(self.savers.len()) {
                 // Files forgotten since (temp names, mostly) need no memory of savers.
                 let entries = &self.entries;
                 self.savers.retain(|(file, _)| entries.contains_key(file));
+                self.prune_savers_at.pruned(self.savers.len());
             }
             self.savers.insert((key.clone(), holder));
         }
@@ -708,7 +746,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     /// Forgets old `seen` records once there are many (a process probing thousands of
     /// missing names): a save later than the horizon after its read counts as blind.
     fn prune_seen(&mut self, now: Duration) {
-        if self.seen.len() < SEEN_PRUNE_AT {
+        if !self.prune_seen_at.due(self.seen.len()) {
             return;
         }
         let horizon = SEEN_HORIZON.max(self.policy.max_wait);
@@ -720,6 +758,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             }
             keep
         });
+        self.prune_seen_at.pruned(self.seen.len());
         self.forget_idle_entries();
     }
 
@@ -854,8 +893,23 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     }
 
     /// The holder did something that belongs to its cycles (wrote a temp file): its
-    /// lingering leases start their linger again.
+    /// lingering reads start their linger again, up to the longest linger after the read.
+    /// A name the holder removed (`Outcome::Removed`) is not kept by activity: its re-create
+    /// comes at once or not at all, and git, which unlinks a temp object per file it adds,
+    /// kept thousands of them alive for as long as it wrote anything.
+    ///
+    /// Done at most once per [`ACTIVITY_GRAIN`] per holder: a linger may then end up to that
+    /// much early, and a program writing thousands of files (git add) does not scan every
+    /// lease at every write.
     pub fn activity(&mut self, now: Duration, holder: Holder) {
+        if self
+            .last_activity
+            .get(&holder)
+            .is_some_and(|last| now.saturating_sub(*last) < ACTIVITY_GRAIN)
+        {
+            return;
+        }
+        self.last_activity.insert(holder, now);
         let cap = self.policy.max_linger;
         for key in self.active.values() {
             let entry = self
@@ -867,6 +921,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                     Mode::Exclusive {
                         holder: h,
                         uses: 0,
+                        writing: false,
                         idle_since: Some(idle),
                         read_done_at,
                         ..
@@ -1152,12 +1207,13 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             _ => None,
         };
         if let Some(holder) = holder {
-            if self.read_streaks.len() >= SEEN_PRUNE_AT {
+            if self.prune_streaks_at.due(self.read_streaks.len()) {
                 // Files forgotten since (nothing seen of them within the horizon) start
                 // their streaks afresh: the map stays bounded by what is remembered.
                 let entries = &self.entries;
                 self.read_streaks
                     .retain(|(file, _), _| entries.contains_key(file));
+                self.prune_streaks_at.pruned(self.read_streaks.len());
             }
             *self.read_streaks.entry((key.clone(), holder)).or_default() += 1;
             self.counters.cycles_read_only += 1;

@@ -122,6 +122,32 @@ fn activity_of_the_holder_restarts_its_linger() {
 }
 
 #[test]
+fn activity_restarts_lingers_at_most_once_per_grain() {
+    let mut e = engine();
+    let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    queued(e.acquire(ms(0), &"s", B, Intent::Read, None));
+    e.finish(ms(0), a.lease, A, Outcome::Read);
+    e.activity(ms(40), A);
+    e.activity(ms(45), A);
+    assert!(e.tick(ms(60)).is_empty());
+    assert_eq!(e.next_deadline(), Some(ms(90)), "within the grain: the first counts");
+    e.activity(ms(55), A);
+    assert!(e.tick(ms(95)).is_empty());
+    assert_eq!(e.next_deadline(), Some(ms(105)));
+}
+
+#[test]
+fn activity_does_not_keep_a_removed_name() {
+    let mut e = engine();
+    let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    queued(e.acquire(ms(0), &"s", B, Intent::Read, None));
+    // A renamed the file away: its cycle goes on, for a re-create, for one linger.
+    e.finish(ms(0), a.lease, A, Outcome::Removed);
+    e.activity(ms(40), A);
+    assert_eq!(grants(&e.tick(ms(50))).len(), 1, "B's turn comes at the linger");
+}
+
+#[test]
 fn a_hung_holder_is_revoked_and_its_late_commit_fenced() {
     let mut e = engine();
     let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
