@@ -307,10 +307,7 @@ impl<K: Key> Driver<K> {
     /// it before its rename. False when there is no such cycle (end the use yourself).
     pub fn tie_to_cycle(&self, temp: &K, holder: ProcessId, wrote: bool) -> bool {
         let mut engine = self.engine.lock();
-        let cycle = engine
-            .leases_of(holder)
-            .into_iter()
-            .find(|key| key.beside(temp) && engine.is_reading(key, holder));
+        let cycle = engine.reading_cycle_of(holder, |key| key.beside(temp));
         cycle.is_some_and(|cycle| engine.tie(temp, holder, wrote, &cycle, true))
     }
 

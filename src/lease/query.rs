@@ -23,6 +23,15 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             .collect()
     }
 
+    /// A file `holder` is reading (a cycle with no write yet) among those `wanted` picks.
+    /// `wanted` is asked first, so a cheap test keeps this a plain walk over the leases.
+    pub fn reading_cycle_of(&self, holder: Holder, wanted: impl Fn(&K) -> bool) -> Option<K> {
+        self.active
+            .values()
+            .find(|key| wanted(key) && self.is_reading(key, holder))
+            .cloned()
+    }
+
     /// Every live lease and queue, for `lockfs status`.
     pub fn snapshot(&self, now: Duration) -> Vec<LeaseView<K>> {
         let mut views: Vec<LeaseView<K>> = self

@@ -130,7 +130,11 @@ fn activity_restarts_lingers_at_most_once_per_grain() {
     e.activity(ms(40), A);
     e.activity(ms(45), A);
     assert!(e.tick(ms(60)).is_empty());
-    assert_eq!(e.next_deadline(), Some(ms(90)), "within the grain: the first counts");
+    assert_eq!(
+        e.next_deadline(),
+        Some(ms(90)),
+        "within the grain: the first counts"
+    );
     e.activity(ms(55), A);
     assert!(e.tick(ms(95)).is_empty());
     assert_eq!(e.next_deadline(), Some(ms(105)));
@@ -144,7 +148,11 @@ fn activity_does_not_keep_a_removed_name() {
     // A renamed the file away: its cycle goes on, for a re-create, for one linger.
     e.finish(ms(0), a.lease, A, Outcome::Removed);
     e.activity(ms(40), A);
-    assert_eq!(grants(&e.tick(ms(50))).len(), 1, "B's turn comes at the linger");
+    assert_eq!(
+        grants(&e.tick(ms(50))).len(),
+        1,
+        "B's turn comes at the linger"
+    );
 }
 
 #[test]
