@@ -9,6 +9,7 @@
 //! # Locks
 //! - `engine` is taken before `parked` (a request is parked under the engine lock, so that
 //!   its grant, which may come from another thread, finds it); never the other way round.
+//! - `orphans` is a leaf, like the process caches.
 //! - The process caches in [`processes`] are leaves: held for one map access, with no
 //!   other lock taken inside and no /proc read under them.
 //! - No lock of the driver is held while /proc is read, while a front end's hook runs, or
@@ -112,6 +113,9 @@ struct Parked<K> {
 pub struct Driver<K: Key> {
     engine: Mutex<Engine<K>>,
     parked: Mutex<HashMap<WaitId, Parked<K>>>,
+    /// Requests withdrawn after the engine had answered them: the answer's delivery ends
+    /// the lease it carries.
+    orphans: Mutex<HashMap<WaitId, ProcessId>>,
     processes: Processes,
     timer: Timer,
     frontend: OnceLock<Weak<dyn Frontend<K>>>,
@@ -125,6 +129,7 @@ impl<K: Key> Driver<K> {
         let driver = Arc::new(Driver {
             engine: Mutex::new(Engine::new(policy)),
             parked: Mutex::new(HashMap::new()),
+            orphans: Mutex::new(HashMap::new()),
             processes: Processes::default(),
             timer: Timer::default(),
             frontend: OnceLock::new(),
@@ -261,9 +266,24 @@ impl<K: Key> Driver<K> {
 
     /// Withdraws a parked request whose asker went away; its continuation is dropped.
     pub fn cancel(&self, wait: WaitId) {
-        let actions = self.engine.lock().cancel(self.now(), wait);
-        self.parked.lock().remove(&wait);
-        self.execute(actions);
+        self.withdraw(wait);
+    }
+
+    /// Takes a parked request out of its queue. None when its answer is being delivered
+    /// already. When the engine answered it between (a grant on another thread, whose
+    /// delivery will find no continuation), that delivery ends the orphaned lease.
+    fn withdraw(&self, wait: WaitId) -> Option<Parked<K>> {
+        let parked = self.parked.lock().remove(&wait)?;
+        let mut engine = self.engine.lock();
+        if engine.is_waiting(wait) {
+            let actions = engine.cancel(self.now(), wait);
+            drop(engine);
+            self.execute(actions);
+        } else {
+            drop(engine);
+            self.orphans.lock().insert(wait, parked.asker.process);
+        }
+        Some(parked)
     }
 
     /// Ends one use of a granted lease with `outcome`.
@@ -391,7 +411,8 @@ impl<K: Key> Driver<K> {
     /// Acts on the engine's answers: logs revocations, delivers parked requests' answers.
     fn execute(&self, actions: Vec<Action<K>>) {
         let mut answers = Vec::new();
-        for action in actions {
+        let mut pending: VecDeque<Action<K>> = actions.into();
+        while let Some(action) = pending.pop_front() {
             let (wait, answer) = match action {
                 Action::Granted { wait, grant } => (
                     wait,
@@ -421,6 +442,18 @@ impl<K: Key> Driver<K> {
                 }
             };
             let Some(parked) = self.parked.lock().remove(&wait) else {
+                // Withdrawn while this answer was on its way: nobody will use the lease.
+                let orphan = self.orphans.lock().remove(&wait);
+                if let (Some(holder), Ok(granted)) = (orphan, answer) {
+                    tracing::debug!(?wait, pid = holder.pid, "a withdrawn waiter's grant ends");
+                    let more = self.engine.lock().finish(
+                        self.now(),
+                        granted.grant.lease,
+                        holder,
+                        Outcome::Read,
+                    );
+                    pending.extend(more);
+                }
                 continue;
             };
             tracing::trace!(path = %self.describe(&parked.key), pid = parked.asker.process.pid, tid = parked.asker.thread, ?wait, ?answer, "answer");
@@ -484,12 +517,9 @@ impl<K: Key> Ticking for Driver<K> {
             if !platform::thread_is_dying(tid) {
                 continue;
             }
-            let actions = self.engine.lock().cancel(Driver::now(self), wait);
-            let parked = self.parked.lock().remove(&wait);
-            if let Some(parked) = parked {
+            if let Some(parked) = self.withdraw(wait) {
                 deliver(vec![(parked.run, Err(Refusal::Abandoned))]);
             }
-            self.execute(actions);
         }
         let poll = frontend_busy.then(|| Driver::now(self) + DYING_WAITER_POLL);
         match (self.next_pass(), poll) {
@@ -587,6 +617,58 @@ mod tests {
         let order = ORDER.lock();
         assert_eq!(order.len(), 10_001);
         assert!(order.windows(2).all(|pair| pair[1] == pair[0] + 1));
+    }
+
+    /// A waiter withdrawn (its connection closed, its thread killed) just as another thread
+    /// got its grant from the engine: the grant finds no continuation, and must not leave
+    /// the lease held with a use nobody will end.
+    #[test]
+    fn a_grant_racing_a_withdrawal_does_not_leave_the_lease_in_use() {
+        let driver: Arc<Driver<String>> = Driver::start(Policy::default()).unwrap();
+        let me = platform::process(std::process::id()).unwrap();
+        // Not a child of this process (a child's write would join its parent's cycle).
+        let other = platform::process(1).unwrap();
+        let key = "store.json".to_string();
+        let asker = |process| Asker {
+            process,
+            thread: None,
+        };
+        let (granted, answers) = std::sync::mpsc::channel();
+        let first = granted.clone();
+        let ask = Ask::new(crate::lease::Intent::Write);
+        driver.request(
+            key.clone(),
+            asker(me),
+            ask,
+            Box::new(move |answer| first.send(answer).unwrap()),
+        );
+        let lease = answers.recv().unwrap().unwrap().grant.lease;
+        let wait = driver
+            .request(
+                key.clone(),
+                asker(other),
+                ask,
+                Box::new(move |answer| granted.send(answer).unwrap()),
+            )
+            .expect("queued behind the first");
+        // The engine grants the waiter; before the answer is delivered, the waiter goes.
+        let actions = driver
+            .engine
+            .lock()
+            .finish(driver.now(), lease, me, Outcome::Committed);
+        driver.cancel(wait);
+        driver.execute(actions);
+        let (views, _) = driver.status();
+        let uses: u32 = views
+            .iter()
+            .flat_map(|view| view.holders.iter())
+            .map(|holder| holder.handles)
+            .sum();
+        assert_eq!(uses, 0, "the orphaned grant still has a use: {views:?}");
+        assert!(
+            answers.try_recv().is_err(),
+            "the withdrawn waiter got an answer"
+        );
     }
 
     #[test]
