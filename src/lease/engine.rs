@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::Hash;
 use std::time::Duration;
 
@@ -7,6 +7,11 @@ use serde::Serialize;
 use super::Holder;
 use super::policy::{GapHistory, Policy};
 use super::view::{Counters, EndReason};
+
+/// The engine's maps hash a file's key at every request: foldhash (seeded per map, so
+/// crafted names cannot pile up in one bucket) instead of std's SipHash.
+pub(super) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(super) type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 /// What a request wants to do with a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -310,18 +315,18 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     pub fn new(policy: Policy) -> Self {
         Engine {
             policy,
-            entries: HashMap::new(),
-            active: HashMap::new(),
-            waiting: HashMap::new(),
-            seen: HashMap::new(),
+            entries: HashMap::default(),
+            active: HashMap::default(),
+            waiting: HashMap::default(),
+            seen: HashMap::default(),
             counters: Counters::default(),
             next_id: 1,
             commits: 0,
-            read_streaks: HashMap::new(),
+            read_streaks: HashMap::default(),
             untied: Vec::new(),
-            savers: HashSet::new(),
+            savers: HashSet::default(),
             deadlines: BTreeSet::new(),
-            last_activity: HashMap::new(),
+            last_activity: HashMap::default(),
             prune_seen_at: PruneAt::default(),
             prune_savers_at: PruneAt::default(),
             prune_streaks_at: PruneAt::default(),
