@@ -29,7 +29,9 @@ pub use proxy::{AsyncClient, Client};
 #[doc(hidden)]
 pub mod testing {
     pub mod control {
-        pub use crate::control::{ControlHandler, DaemonInfo, Server, StatusReport, client};
+        pub use crate::control::{
+            ControlHandler, DaemonInfo, Server, StatusReport, client, socket_path_for,
+        };
     }
     pub use crate::doctor::{bypassing, open_paths_under};
     pub use crate::driver::{Asker, Driver};

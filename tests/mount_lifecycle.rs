@@ -2,8 +2,13 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lockfs::testing::control::{ControlHandler, DaemonInfo, Server, StatusReport};
+use lockfs::testing::{Counters, Policy};
 
 use common::{
     LOCKFS, MountGuard, is_dead_mount_error, is_mounted, lockfs, process_alive, read_pid,
@@ -47,6 +52,58 @@ fn a_killed_daemon_leaves_a_mount_that_unmount_clears_and_remount_works() {
     assert_eq!(
         std::fs::read_to_string(state.join("written.txt")).unwrap(),
         "through the mount"
+    );
+}
+
+/// The control side of a daemon on its way out: it still answers status.
+struct LeavingDaemon;
+
+impl ControlHandler for LeavingDaemon {
+    fn status(&self) -> StatusReport {
+        StatusReport::from_engine(
+            Vec::new(),
+            &Counters::default(),
+            |key: &String| key.clone(),
+            DaemonInfo {
+                mount: Path::new("/leaving"),
+                started: Instant::now(),
+                passthrough: true,
+                policy: &Policy::default(),
+            },
+        )
+    }
+
+    fn break_lease(&self, _path: &Path) -> Result<String, String> {
+        Err("leaving".into())
+    }
+}
+
+/// A mount right after an unmount of the same directory: the old daemon may still be on its
+/// way out, its control socket live. The new daemon waits for it instead of failing
+/// (conformance.sh's second mount once failed that way, with no reason given).
+#[test]
+fn a_mount_waits_for_the_previous_daemon_of_the_directory_to_leave() {
+    let (_tmp, state) = state_dir();
+    let socket = lockfs::testing::control::socket_path_for(&state);
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&socket);
+    let old_daemon = Server::start(&socket, Arc::new(LeavingDaemon)).unwrap();
+    let leaving = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        drop(old_daemon);
+    });
+    let mut mount = MountGuard::mount(&state, &[]);
+    leaving.join().unwrap();
+    std::fs::write(state.join("after.txt"), "mounted").unwrap();
+    let out = mount.unmount();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::os::unix::net::UnixStream::connect(&socket).is_err(),
+        "unmount returned while the daemon's control socket still answered"
     );
 }
 

@@ -8,6 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -121,7 +122,22 @@ pub fn unmount_command(args: UnmountArgs) -> anyhow::Result<ExitCode> {
         ),
         other => other.with_context(|| format!("unmount {}", dir.display()))?,
     }
+    if !args.lazy {
+        wait_for_daemon_exit(&dir);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// After an unmount, waits (a bounded while) until the daemon has removed its control
+/// socket on its way out, so that a `lockfs mount` right after finds the place free.
+fn wait_for_daemon_exit(dir: &Path) {
+    let socket = crate::control::socket_path_for(dir);
+    let started = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        && started.elapsed() < CONTROL_SOCKET_HANDOVER
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The canonical directory to mount over, or a one-line error that says what to do.
@@ -241,7 +257,14 @@ fn run_daemon(args: &MountArgs, dir: &Path, ready: Option<OwnedFd>) -> anyhow::R
     // Named before mounting: finding it afterwards would touch the mount point.
     let socket = crate::control::socket_path_for(dir);
     let stop_signals = block_stop_signals();
-    let (session, gate) = match start_session(args, dir) {
+    // Every failure before the mount is ready goes to `lockfs mount`, which waits for it.
+    let started = start_session(args, dir).and_then(|(mut session, gate)| {
+        let control = control::OverlayControl::new(gate, dir);
+        let control = start_control(&socket, Arc::new(control))?;
+        spawn_signal_thread(stop_signals, session.unmount_callable(), dir.to_path_buf())?;
+        Ok((session, control))
+    });
+    let (session, _control) = match started {
         Ok(started) => started,
         Err(e) => {
             if let Some(ready) = ready.as_mut() {
@@ -250,15 +273,9 @@ fn run_daemon(args: &MountArgs, dir: &Path, ready: Option<OwnedFd>) -> anyhow::R
             return Err(e);
         }
     };
-    let mut session = session;
     if let Some(pid_file) = &args.pid_file {
         let _ = std::fs::write(pid_file, format!("{}\n", std::process::id()));
     }
-    let control = control::OverlayControl::new(gate, dir);
-    let _control = crate::control::Server::start(&socket, Arc::new(control))
-        .with_context(|| format!("start the control socket {}", socket.display()))?;
-    let unmounter = session.unmount_callable();
-    spawn_signal_thread(stop_signals, unmounter, dir.to_path_buf())?;
     tracing::info!("mounted {}", dir.display());
     if let Some(mut ready) = ready.take() {
         let _ = ready.write_all(b"ok\n");
@@ -269,6 +286,31 @@ fn run_daemon(args: &MountArgs, dir: &Path, ready: Option<OwnedFd>) -> anyhow::R
     }
     tracing::info!("unmounted {}", dir.display());
     result.context("FUSE session")
+}
+
+/// How long a new daemon waits for the control socket of the previous daemon of the same
+/// directory to go away (it is shutting down after an unmount).
+const CONTROL_SOCKET_HANDOVER: Duration = Duration::from_secs(10);
+
+fn start_control(
+    socket: &Path,
+    control: Arc<control::OverlayControl>,
+) -> anyhow::Result<crate::control::ServerHandle> {
+    let started = Instant::now();
+    loop {
+        match crate::control::Server::start(socket, control.clone()) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() < CONTROL_SOCKET_HANDOVER =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => {
+                return other
+                    .with_context(|| format!("start the control socket {}", socket.display()));
+            }
+        }
+    }
 }
 
 fn start_session(
