@@ -267,6 +267,10 @@ fn run_daemon(args: &MountArgs, dir: &Path, ready: Option<OwnedFd>) -> anyhow::R
     let (session, _control) = match started {
         Ok(started) => started,
         Err(e) => {
+            // A failure after the mount was made must not leave it behind, dead.
+            if mountinfo::is_lockfs_mount(dir) {
+                let _ = mounting::unmount(dir, true);
+            }
             if let Some(ready) = ready.as_mut() {
                 let _ = writeln!(ready, "error: {e:#}");
             }
