@@ -7,7 +7,8 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::proxy_daemon::{Daemon, node_available, node_through_the_shim, npm_deps};
+use common::proxy_daemon::{Daemon, node_available, node_through_the_shim};
+use common::writers::node_path;
 use common::{MountGuard, failed_writers, state_dir};
 
 const FIXTURE_WRITER: &str = concat!(
@@ -173,7 +174,7 @@ fn every_scenario_keeps_every_update_through_both_front_ends() {
         eprintln!("skipped: node is not installed");
         return;
     }
-    let node_path = npm_deps();
+    let node_path = node_path();
     let mut failed = Vec::new();
     for row in TABLE {
         for front_end in [FrontEnd::Mount, FrontEnd::Proxy] {

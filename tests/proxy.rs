@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::proxy_daemon::{Daemon, node_available, node_through_the_shim, npm_deps};
+use common::proxy_daemon::{Daemon, node_available, node_through_the_shim};
+use common::writers::node_path;
 use common::{LOCKFS, failed_writers, state_dir, wait_until};
 
 const WRITER: &str = concat!(
@@ -576,7 +577,7 @@ fn real_library_keeps_every_acknowledged_update(writer: &str) {
         println!("skipped: node is not installed");
         return;
     }
-    let node_path = npm_deps();
+    let node_path = node_path();
     let (tmp, state) = state_dir();
     std::fs::write(state.join("store.json"), "{}").unwrap();
     let commits = tmp.path().join("commits.log");

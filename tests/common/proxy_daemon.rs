@@ -68,17 +68,3 @@ pub fn node_through_the_shim(daemon: &Daemon) -> Command {
         .args(["--", "node"]);
     command
 }
-
-/// The NODE_PATH of the npm packages the real-library writers use (installed on demand).
-pub fn npm_deps() -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/npm-deps.sh");
-    let out = Command::new(script)
-        .output()
-        .expect("run scripts/npm-deps.sh");
-    assert!(
-        out.status.success(),
-        "scripts/npm-deps.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
