@@ -33,7 +33,18 @@ impl ControlHandler for OverlayControl {
             passthrough: self.gate.passthrough(),
             policy: &policy,
         };
-        StatusReport::from_engine(views, &counters, |path: &String| path.clone(), daemon)
+        let mut report =
+            StatusReport::from_engine(views, &counters, |path: &String| path.clone(), daemon);
+        let store = self.gate.inode_counts();
+        for (name, value) in [
+            ("inodes_known", store.inodes),
+            ("fds_pinned", store.pinned_fds),
+            ("fds_cached", store.cached_fds),
+            ("fd_cache_size", store.fd_cache_capacity),
+        ] {
+            report.counters.insert(name.to_string(), value as u64);
+        }
+        report
     }
 
     fn break_lease(&self, path: &Path) -> Result<String, String> {

@@ -37,6 +37,11 @@ pub struct MountArgs {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub threads: usize,
+    /// Keep up to N fds of recently used files and directories open (default: a quarter
+    /// of the open file limit, at most 4096). Files the kernel knows need no fd of their
+    /// own; a larger cache only saves re-opening them by name.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub fd_cache: Option<u32>,
     /// Write the daemon's pid to FILE (removed when the daemon exits).
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
@@ -317,14 +322,36 @@ fn start_control(
     }
 }
 
+/// The fd cache: what `--fd-cache` asks for, or a quarter of the open file limit (between
+/// 64 and 4096). The rest of the limit is for the files and directories programs hold open
+/// through the mount, one fd each.
+fn fd_cache_size(asked: Option<u32>, open_file_limit: u64) -> anyhow::Result<usize> {
+    let limit = usize::try_from(open_file_limit).unwrap_or(usize::MAX);
+    match asked {
+        Some(n) if n as usize > limit / 2 => anyhow::bail!(
+            "--fd-cache {n} is more than half of the daemon's open file limit ({limit}); \
+             the rest is needed for the files programs open through the mount. \
+             Use at most {}, or raise the limit (ulimit -n) first",
+            limit / 2
+        ),
+        Some(n) => Ok(n as usize),
+        None => Ok((limit / 4).clamp(64, 4096)),
+    }
+}
+
 fn start_session(
     args: &MountArgs,
     dir: &Path,
 ) -> anyhow::Result<(fuser::Session<LockFs>, Arc<gate::Gate>)> {
-    match sys::raise_nofile_limit() {
-        Ok(limit) => tracing::debug!("open file limit {limit}"),
-        Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
-    }
+    let limit = match sys::raise_nofile_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!("cannot raise the open file limit: {e}");
+            1024
+        }
+    };
+    let fd_cache = fd_cache_size(args.fd_cache, limit)?;
+    tracing::debug!("open file limit {limit}, fd cache {fd_cache}");
     // The kernel applies the caller's umask before a create reaches us.
     unsafe { libc::umask(0) };
     let cdir = CString::new(dir.as_os_str().as_bytes()).context("directory name")?;
@@ -335,7 +362,7 @@ fn start_session(
         0,
     )
     .with_context(|| format!("open {}", dir.display()))?;
-    let core = Arc::new(Overlay::new(root).context("stat the directory")?);
+    let core = Arc::new(Overlay::new(root, fd_cache).context("stat the directory")?);
     let resolved = crate::config::resolve(&args.lease)?;
     let policy = resolved.policy.clone();
     tracing::info!(

@@ -161,6 +161,11 @@ impl Gate {
         self.core.passthrough()
     }
 
+    /// What the inode store holds: files the kernel knows and the fds kept for them.
+    pub fn inode_counts(&self) -> super::inodes::StoreCounts {
+        self.core.inodes().counts()
+    }
+
     pub fn policy(&self) -> Policy {
         self.driver.policy()
     }

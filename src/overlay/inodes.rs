@@ -1,22 +1,29 @@
-//! The inode store: one entry per underlying (dev, ino) the kernel knows, with its O_PATH fd.
+//! The inode store: one entry per underlying (dev, ino) the kernel knows, addressed by its
+//! parent and name; fds come from a bounded cache (`fds.rs`), not one per inode.
 //!
 //! Invariants:
 //! - an entry lives while the kernel holds lookups on it (every entry reply adds one,
 //!   FORGET subtracts); the root is never dropped;
-//! - while an entry lives its O_PATH fd pins the underlying inode, so its (dev, ino) key
-//!   cannot be reused by another file;
+//! - while an entry lives, its (dev, ino) key cannot be reused by another file: either the
+//!   file is still linked under the name the entry records (every rename and unlink goes
+//!   through the overlay, which keeps the names), or the entry pins an O_PATH fd, taken
+//!   just before the overlay unlinked the name or renamed another file over it;
+//! - an fd opened from (parent fd, name) is only used after fstat shows the entry's key;
+//!   anything else means the name moved under us, and the answer is ESTALE;
 //! - the nodeid is the underlying ino when that is free (so `st_ino` matches the disk
 //!   below); otherwise a number from a range no disk ino reaches.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ffi::{CStr, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Weak};
 
 use fuser::BackingId;
 use parking_lot::Mutex;
 
-use crate::sys::Stat;
+use super::fds::{FdCache, PathFd};
+use crate::sys::{self, Stat};
 
 pub const ROOT_ID: u64 = 1;
 const REMAP_BASE: u64 = 1 << 56;
@@ -50,7 +57,9 @@ pub struct Inode {
     pub key: InodeKey,
     /// `st_mode & S_IFMT` at lookup time; a file never changes type.
     pub file_type: u32,
-    fd: OwnedFd,
+    /// An fd kept for the entry's whole life: the root's, and that of a file whose name
+    /// the overlay removed while the kernel still knew it.
+    pinned: Mutex<Option<PathFd>>,
     name: Mutex<Option<NamedAt>>,
     /// The name this inode had before it was unlinked or renamed over.
     former_name: Mutex<Option<NamedAt>>,
@@ -59,9 +68,17 @@ pub struct Inode {
 }
 
 impl Inode {
-    /// The O_PATH fd that addresses this inode in every *at() call.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    fn new(nodeid: u64, generation: u64, st: &Stat, pinned: Option<PathFd>) -> Inode {
+        Inode {
+            nodeid,
+            generation,
+            key: InodeKey::of(st),
+            file_type: st.st_mode & libc::S_IFMT,
+            pinned: Mutex::new(pinned),
+            name: Mutex::new(None),
+            former_name: Mutex::new(None),
+            backing: Mutex::new(Weak::new()),
+        }
     }
 
     pub fn is_symlink(&self) -> bool {
@@ -126,24 +143,35 @@ struct Tables {
     next_generation: u64,
 }
 
+/// What the store holds, for `lockfs status` and the size tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    pub inodes: usize,
+    pub pinned_fds: usize,
+    pub cached_fds: usize,
+    pub fd_cache_capacity: usize,
+}
+
+/// Lock order: `tables` before the fd cache's lock; neither is held during a syscall.
 pub struct InodeStore {
     tables: Mutex<Tables>,
+    fds: FdCache,
+}
+
+/// Deeper than any directory tree a path walk could reach; a longer parent chain means
+/// the recorded names form a loop.
+const MAX_DEPTH: usize = 1 << 16;
+
+fn stale() -> io::Error {
+    io::Error::from_raw_os_error(libc::ESTALE)
 }
 
 impl InodeStore {
-    /// A store whose root (nodeid 1) is the directory behind `root_fd`.
-    pub fn new(root_fd: OwnedFd, root_stat: &Stat) -> InodeStore {
+    /// A store whose root (nodeid 1) is the directory behind `root_fd`, caching up to
+    /// `fd_cache` fds of other inodes.
+    pub fn new(root_fd: OwnedFd, root_stat: &Stat, fd_cache: usize) -> InodeStore {
         let key = InodeKey::of(root_stat);
-        let root = Arc::new(Inode {
-            nodeid: ROOT_ID,
-            generation: 0,
-            key,
-            file_type: root_stat.st_mode & libc::S_IFMT,
-            fd: root_fd,
-            name: Mutex::new(None),
-            former_name: Mutex::new(None),
-            backing: Mutex::new(Weak::new()),
-        });
+        let root = Arc::new(Inode::new(ROOT_ID, 0, root_stat, Some(Arc::new(root_fd))));
         let mut tables = Tables {
             next_remap: REMAP_BASE,
             next_generation: 1,
@@ -159,6 +187,105 @@ impl InodeStore {
         tables.by_key.insert(key, ROOT_ID);
         InodeStore {
             tables: Mutex::new(tables),
+            fds: FdCache::new(fd_cache),
+        }
+    }
+
+    /// An O_PATH fd of `inode`: its pinned one, a cached one, or one opened from its
+    /// parent's fd and its name (and cached). ESTALE when the inode cannot be reached by
+    /// the names the store knows.
+    pub fn fd(&self, inode: &Inode) -> io::Result<PathFd> {
+        match self.resolve(inode) {
+            // A rename of an ancestor can race the walk: one more try sees its new names.
+            Err(e) if e.raw_os_error() == Some(libc::ESTALE) => self.resolve(inode),
+            other => other,
+        }
+    }
+
+    fn held_fd(&self, inode: &Inode) -> Option<PathFd> {
+        if let Some(fd) = inode.pinned.lock().clone() {
+            return Some(fd);
+        }
+        self.fds.get(inode.nodeid, inode.generation)
+    }
+
+    fn resolve(&self, inode: &Inode) -> io::Result<PathFd> {
+        if let Some(fd) = self.held_fd(inode) {
+            return Ok(fd);
+        }
+        // Walk up to the nearest ancestor whose fd is held, then open back down.
+        let mut ancestors: Vec<Arc<Inode>> = Vec::new();
+        let mut child_name = inode.named_at().ok_or_else(stale)?;
+        let mut dir_fd = loop {
+            let parent = self.get(child_name.parent).ok_or_else(stale)?;
+            if let Some(fd) = self.held_fd(&parent) {
+                break fd;
+            }
+            if ancestors.len() >= MAX_DEPTH {
+                return Err(io::Error::from_raw_os_error(libc::ELOOP));
+            }
+            child_name = parent.named_at().ok_or_else(stale)?;
+            ancestors.push(parent);
+        };
+        while let Some(dir) = ancestors.pop() {
+            dir_fd = self.open_child(&dir_fd, &dir)?;
+        }
+        self.open_child(&dir_fd, inode)
+    }
+
+    /// Opens `inode` by its recorded name in the directory `dir_fd`, checks it is the same
+    /// file, and caches the fd.
+    fn open_child(&self, dir_fd: &PathFd, inode: &Inode) -> io::Result<PathFd> {
+        let named = inode.named_at().ok_or_else(stale)?;
+        let cname = sys::cstr(&named.name)?;
+        let fd = match sys::openat(
+            dir_fd.as_fd(),
+            &cname,
+            libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0,
+        ) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Err(stale()),
+            Err(e) => return Err(e),
+        };
+        if InodeKey::of(&sys::fstat(fd.as_fd())?) != inode.key {
+            return Err(stale());
+        }
+        let fd = Arc::new(fd);
+        self.fds
+            .put(inode.nodeid, inode.generation, Arc::clone(&fd));
+        Ok(fd)
+    }
+
+    /// Keeps an fd of `inode` for as long as the kernel knows it; called before the
+    /// overlay removes the name that reaches it.
+    pub fn pin(&self, inode: &Inode) -> io::Result<()> {
+        if inode.pinned.lock().is_some() {
+            return Ok(());
+        }
+        let fd = self.fd(inode)?;
+        *inode.pinned.lock() = Some(fd);
+        Ok(())
+    }
+
+    /// `lstat` of `name` in the directory `parent`.
+    pub fn stat_child(&self, parent: &Inode, name: &CStr) -> io::Result<Stat> {
+        sys::fstatat(self.fd(parent)?.as_fd(), name, libc::AT_SYMLINK_NOFOLLOW)
+    }
+
+    /// How many inodes the store knows, how many fds it pins, and how many it caches.
+    pub fn counts(&self) -> StoreCounts {
+        let tables = self.tables.lock();
+        let pinned = tables
+            .by_node
+            .values()
+            .filter(|e| e.inode.pinned.lock().is_some())
+            .count();
+        StoreCounts {
+            inodes: tables.by_node.len(),
+            pinned_fds: pinned,
+            cached_fds: self.fds.len(),
+            fd_cache_capacity: self.fds.capacity(),
         }
     }
 
@@ -187,9 +314,9 @@ impl InodeStore {
         }
     }
 
-    /// Takes one lookup on the inode for `st` (whose O_PATH fd is `fd`), creating the
-    /// entry if the kernel does not know it yet; a surplus `fd` is closed.
-    pub fn intern(&self, fd: OwnedFd, st: &Stat) -> Arc<Inode> {
+    /// Takes one lookup on the inode for `st`, creating the entry if the kernel does not
+    /// know it yet.
+    pub fn intern(&self, st: &Stat) -> Arc<Inode> {
         let key = InodeKey::of(st);
         let mut tables = self.tables.lock();
         if let Some(&nodeid) = tables.by_key.get(&key) {
@@ -214,16 +341,7 @@ impl InodeStore {
         };
         let generation = tables.next_generation;
         tables.next_generation += 1;
-        let inode = Arc::new(Inode {
-            nodeid,
-            generation,
-            key,
-            file_type: st.st_mode & libc::S_IFMT,
-            fd,
-            name: Mutex::new(None),
-            former_name: Mutex::new(None),
-            backing: Mutex::new(Weak::new()),
-        });
+        let inode = Arc::new(Inode::new(nodeid, generation, st, None));
         tables.by_node.insert(
             nodeid,
             Entry {
@@ -242,20 +360,26 @@ impl InodeStore {
         }
     }
 
-    /// Drops `count` lookups; at zero the entry and its O_PATH fd go away.
+    /// Drops `count` lookups; at zero the entry and its fds go away.
     pub fn forget(&self, nodeid: u64, count: u64) {
         if nodeid == ROOT_ID {
             return;
         }
-        let mut tables = self.tables.lock();
-        let Some(entry) = tables.by_node.get_mut(&nodeid) else {
-            return;
-        };
-        entry.lookups = entry.lookups.saturating_sub(count);
-        if entry.lookups == 0 {
+        let gone = {
+            let mut tables = self.tables.lock();
+            let Some(entry) = tables.by_node.get_mut(&nodeid) else {
+                return;
+            };
+            entry.lookups = entry.lookups.saturating_sub(count);
+            if entry.lookups > 0 {
+                return;
+            }
             let entry = tables.by_node.remove(&nodeid).expect("present");
             tables.by_key.remove(&entry.inode.key);
-        }
+            entry
+        };
+        self.fds.remove(nodeid);
+        drop(gone);
     }
 
     /// How many inodes the store knows.
@@ -277,6 +401,8 @@ impl InodeStore {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::BorrowedFd;
+
     use super::*;
     use crate::sys;
 
@@ -293,20 +419,91 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("f"), "x").unwrap();
         let (root_fd, root_st) = path_fd(tmp.path());
-        let store = InodeStore::new(root_fd, &root_st);
-        let (fd, mut st) = path_fd(&tmp.path().join("f"));
+        let store = InodeStore::new(root_fd, &root_st, 16);
+        let (_fd, mut st) = path_fd(&tmp.path().join("f"));
         // Pretend the file has inode number 1 on another device: it must not be the root.
         st.st_ino = ROOT_ID;
         st.st_dev = root_st.st_dev + 1;
-        let inode = store.intern(fd, &st);
+        let inode = store.intern(&st);
         assert_ne!(inode.nodeid, ROOT_ID);
         assert!(inode.nodeid >= REMAP_BASE);
         assert_ne!(inode.generation, 0);
-        let (fd2, st2) = path_fd(&tmp.path().join("f"));
-        let plain = store.intern(fd2, &st2);
+        let (_fd2, st2) = path_fd(&tmp.path().join("f"));
+        let plain = store.intern(&st2);
         assert_eq!(plain.nodeid, st2.st_ino);
         assert_ne!(plain.generation, inode.generation);
         store.forget(ROOT_ID, 100);
         assert!(store.get(ROOT_ID).is_some(), "the root is never forgotten");
+    }
+
+    /// A store over a temp dir with a two-entry fd cache, and a helper that interns
+    /// `parent/name` as LOOKUP would.
+    fn store_over(dir: &std::path::Path) -> InodeStore {
+        let (root_fd, root_st) = path_fd(dir);
+        InodeStore::new(root_fd, &root_st, 2)
+    }
+
+    fn look_up(store: &InodeStore, parent: &Arc<Inode>, name: &str) -> Arc<Inode> {
+        let cname = sys::cstr(OsStr::new(name)).unwrap();
+        let st = store.stat_child(parent, &cname).unwrap();
+        let inode = store.intern(&st);
+        inode.set_name(parent.nodeid, OsStr::new(name));
+        inode
+    }
+
+    #[test]
+    fn fds_are_opened_by_name_through_evicted_parents_and_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("a/b/c")).unwrap();
+        std::fs::write(tmp.path().join("a/b/c/f"), "data").unwrap();
+        let store = store_over(tmp.path());
+        let root = store.get(ROOT_ID).unwrap();
+        let a = look_up(&store, &root, "a");
+        let b = look_up(&store, &a, "b");
+        let c = look_up(&store, &b, "c");
+        let f = look_up(&store, &c, "f");
+        // The cache holds two fds: opening f walked down a, b and c and kept the last two.
+        let fd = store.fd(&f).unwrap();
+        assert_eq!(sys::fstat(fd.as_fd()).unwrap().st_size, 4);
+        assert!(store.counts().cached_fds <= 2);
+        assert_eq!(store.counts().pinned_fds, 1, "only the root");
+
+        // A directory renamed below the store's back: its names no longer reach f.
+        std::fs::rename(tmp.path().join("a"), tmp.path().join("z")).unwrap();
+        store.fds.remove(f.nodeid);
+        store.fds.remove(c.nodeid);
+        store.fds.remove(b.nodeid);
+        store.fds.remove(a.nodeid);
+        let err = store.fd(&f).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ESTALE));
+        // Renamed through the store (as the overlay does), every child is reachable again.
+        a.set_name(ROOT_ID, OsStr::new("z"));
+        assert!(store.fd(&f).is_ok());
+
+        // Another file under the same name is not f.
+        std::fs::remove_file(tmp.path().join("z/b/c/f")).unwrap();
+        std::fs::write(tmp.path().join("z/b/c/f"), "other").unwrap();
+        store.fds.remove(f.nodeid);
+        let err = store.fd(&f).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ESTALE));
+    }
+
+    #[test]
+    fn a_pinned_inode_outlives_its_name_until_forgotten() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("f"), "data").unwrap();
+        let store = store_over(tmp.path());
+        let root = store.get(ROOT_ID).unwrap();
+        let f = look_up(&store, &root, "f");
+        store.pin(&f).unwrap();
+        std::fs::remove_file(tmp.path().join("f")).unwrap();
+        f.clear_name_if(ROOT_ID, OsStr::new("f"));
+        let fd = store.fd(&f).unwrap();
+        assert_eq!(sys::fstat(fd.as_fd()).unwrap().st_nlink, 0);
+        assert_eq!(store.counts().pinned_fds, 2);
+        drop(fd);
+        store.forget(f.nodeid, 1);
+        assert_eq!(store.counts().pinned_fds, 1, "the root's alone");
+        assert_eq!(store.counts().inodes, 1);
     }
 }

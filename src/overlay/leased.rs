@@ -346,6 +346,6 @@ impl Leased {
     fn stat_child(&self, parent: u64, name: &OsStr) -> Option<sys::Stat> {
         let dir = self.core.inodes().get(parent)?;
         let cname = sys::cstr(name).ok()?;
-        sys::fstatat(dir.fd(), &cname, libc::AT_SYMLINK_NOFOLLOW).ok()
+        self.core.inodes().stat_child(&dir, &cname).ok()
     }
 }

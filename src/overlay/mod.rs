@@ -10,6 +10,7 @@ pub mod caller;
 pub mod control;
 pub mod creds;
 mod daemon;
+mod fds;
 pub mod fuse;
 pub mod gate;
 pub mod handles;

@@ -94,7 +94,7 @@ impl Names {
             }
             let inode = self.core.inodes().get(dir)?;
             let cname = sys::cstr(OsStr::new(part)).ok()?;
-            let st = sys::fstatat(inode.fd(), &cname, libc::AT_SYMLINK_NOFOLLOW).ok()?;
+            let st = self.core.inodes().stat_child(&inode, &cname).ok()?;
             dir = self.core.inodes().find(InodeKey::of(&st))?.nodeid;
         }
         None
@@ -109,7 +109,9 @@ impl Names {
         let Ok(cname) = sys::cstr(&key.1) else {
             return false;
         };
-        sys::fstatat(dir.fd(), &cname, libc::AT_SYMLINK_NOFOLLOW)
+        self.core
+            .inodes()
+            .stat_child(&dir, &cname)
             .is_ok_and(|st| InodeKey::of(&st) == inode.key)
     }
 
@@ -120,7 +122,10 @@ impl Names {
         let Ok(cname) = sys::cstr(name) else {
             return false;
         };
-        sys::fstatat(dir.fd(), &cname, libc::AT_SYMLINK_NOFOLLOW).is_ok_and(|st| st.st_ino == ino)
+        self.core
+            .inodes()
+            .stat_child(&dir, &cname)
+            .is_ok_and(|st| st.st_ino == ino)
     }
 }
 

@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use super::Caller;
 use super::attr::to_file_attr;
 use super::creds::FsCredsGuard;
+use super::fds::PathFd;
 use super::handles::{DirEntry, DirStream, FileHandle, Handles};
 use super::inodes::{Inode, InodeKey, InodeStore, ROOT_ID};
 use crate::sys;
@@ -59,11 +60,12 @@ pub struct Overlay {
 }
 
 impl Overlay {
-    /// An overlay serving the directory behind `root` (an O_PATH|O_DIRECTORY fd).
-    pub fn new(root: OwnedFd) -> io::Result<Overlay> {
+    /// An overlay serving the directory behind `root` (an O_PATH|O_DIRECTORY fd), keeping
+    /// up to `fd_cache` O_PATH fds of other inodes open.
+    pub fn new(root: OwnedFd, fd_cache: usize) -> io::Result<Overlay> {
         let st = sys::fstat(root.as_fd())?;
         Ok(Overlay {
-            inodes: InodeStore::new(root, &st),
+            inodes: InodeStore::new(root, &st, fd_cache),
             handles: Handles::default(),
             passthrough: AtomicBool::new(false),
             passthrough_failed_logged: AtomicBool::new(false),
@@ -106,32 +108,36 @@ impl Overlay {
         self.inodes.get(nodeid)?.named_at()
     }
 
-    fn stat_child(&self, parent: &Inode, name: &CStr) -> io::Result<sys::Stat> {
-        sys::fstatat(parent.fd(), name, libc::AT_SYMLINK_NOFOLLOW)
+    /// An O_PATH fd of `inode` (from the store's cache, or opened by its name).
+    pub fn path_fd(&self, inode: &Inode) -> OpResult<PathFd> {
+        self.inodes.fd(inode).map_err(errno)
+    }
+
+    fn node_fd(&self, nodeid: u64) -> OpResult<PathFd> {
+        let inode = self.inode(nodeid)?;
+        self.path_fd(&inode)
     }
 
     /// Interns the file `name` in `parent` and takes one lookup on it.
     fn entry_at(&self, parent: &Inode, name: &OsStr) -> OpResult<Entry> {
         let cname = sys::cstr(name).map_err(errno)?;
-        let fd =
-            sys::openat(parent.fd(), &cname, libc::O_PATH | libc::O_NOFOLLOW, 0).map_err(errno)?;
-        self.entry_from_fd(fd, parent.nodeid, name)
+        let st = self.inodes.stat_child(parent, &cname).map_err(errno)?;
+        Ok(self.entry_from_stat(&st, parent.nodeid, name))
     }
 
-    fn entry_from_fd(&self, fd: OwnedFd, parent: u64, name: &OsStr) -> OpResult<Entry> {
-        let st = sys::fstat(fd.as_fd()).map_err(errno)?;
-        let inode = self.inodes.intern(fd, &st);
+    fn entry_from_stat(&self, st: &sys::Stat, parent: u64, name: &OsStr) -> Entry {
+        let inode = self.inodes.intern(st);
         if inode.nodeid != ROOT_ID && name.as_bytes() != b"." && name.as_bytes() != b".." {
             inode.set_name(parent, name);
         }
-        let attr = to_file_attr(inode.nodeid, &st);
-        Ok(Entry { inode, attr })
+        let attr = to_file_attr(inode.nodeid, st);
+        Entry { inode, attr }
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> OpResult<Entry> {
         let dir = self.inode(parent)?;
         if name.as_bytes() == b"." || (name.as_bytes() == b".." && parent == ROOT_ID) {
-            let st = sys::fstat(dir.fd()).map_err(errno)?;
+            let st = sys::fstat(self.path_fd(&dir)?.as_fd()).map_err(errno)?;
             self.inodes.add_lookup(dir.nodeid);
             return Ok(Entry {
                 attr: to_file_attr(dir.nodeid, &st),
@@ -148,7 +154,7 @@ impl Overlay {
     pub fn getattr(&self, nodeid: u64, fh: Option<u64>) -> OpResult<FileAttr> {
         let st = match fh.and_then(|fh| self.handles.file(fh)) {
             Some(handle) => sys::fstat(handle.fd()),
-            None => sys::fstat(self.inode(nodeid)?.fd()),
+            None => sys::fstat(self.node_fd(nodeid)?.as_fd()),
         }
         .map_err(errno)?;
         Ok(to_file_attr(nodeid, &st))
@@ -157,17 +163,19 @@ impl Overlay {
     /// `_caller` is unused here; the lease layer needs it for truncates.
     pub fn setattr(&self, _caller: Caller, nodeid: u64, change: SetAttr) -> OpResult<FileAttr> {
         let inode = self.inode(nodeid)?;
+        let fd = self.path_fd(&inode)?;
+        let fd = fd.as_fd();
         let handle = change.fh.and_then(|fh| self.handles.file(fh));
         if let Some(mode) = change.mode {
             match &handle {
                 Some(h) => sys::fchmod(h.fd(), mode),
-                None => sys::chmod_fd(inode.fd(), mode),
+                None => sys::chmod_fd(fd, mode),
             }
             .map_err(errno)?;
         }
         if change.uid.is_some() || change.gid.is_some() {
             sys::chown_fd(
-                inode.fd(),
+                fd,
                 change.uid.unwrap_or(u32::MAX),
                 change.gid.unwrap_or(u32::MAX),
             )
@@ -178,8 +186,9 @@ impl Overlay {
                 Some(h) if h.flags & libc::O_ACCMODE != libc::O_RDONLY => {
                     sys::ftruncate(h.fd(), size)
                 }
-                _ => sys::reopen(inode.fd(), libc::O_WRONLY)
-                    .and_then(|fd| sys::ftruncate(fd.as_fd(), size)),
+                _ => {
+                    sys::reopen(fd, libc::O_WRONLY).and_then(|fd| sys::ftruncate(fd.as_fd(), size))
+                }
             }
             .map_err(errno)?;
         }
@@ -187,16 +196,16 @@ impl Overlay {
             let times = [timespec(change.atime), timespec(change.mtime)];
             match &handle {
                 Some(h) => sys::futimens(h.fd(), &times),
-                None => sys::utimens_fd(inode.fd(), &times, inode.is_symlink()),
+                None => sys::utimens_fd(fd, &times, inode.is_symlink()),
             }
             .map_err(errno)?;
         }
-        let st = sys::fstat(inode.fd()).map_err(errno)?;
+        let st = sys::fstat(fd).map_err(errno)?;
         Ok(to_file_attr(nodeid, &st))
     }
 
     pub fn readlink(&self, nodeid: u64) -> OpResult<Vec<u8>> {
-        sys::readlink_fd(self.inode(nodeid)?.fd()).map_err(errno)
+        sys::readlink_fd(self.node_fd(nodeid)?.as_fd()).map_err(errno)
     }
 
     /// Runs `make` (which creates `name` in `parent`) as the caller, then interns the result.
@@ -210,8 +219,9 @@ impl Overlay {
         let dir = self.inode(parent)?;
         let cname = sys::cstr(name).map_err(errno)?;
         {
+            let dir_fd = self.path_fd(&dir)?;
             let _creds = FsCredsGuard::become_caller(caller);
-            make(dir.fd(), &cname).map_err(errno)?;
+            make(dir_fd.as_fd(), &cname).map_err(errno)?;
         }
         self.entry_at(&dir, name)
     }
@@ -248,10 +258,19 @@ impl Overlay {
         })
     }
 
-    /// The live inode currently at `parent/name`, if the kernel knows it.
-    fn known_child(&self, parent: &Inode, name: &CStr) -> Option<Arc<Inode>> {
-        let st = self.stat_child(parent, name).ok()?;
-        self.inodes.find(InodeKey::of(&st))
+    /// The live inode currently at `parent/name`, if the kernel knows it, with an fd
+    /// pinned for as long as the kernel knows it: the caller is about to take that name
+    /// away, and the inode must stay reachable (and its number unused) without it.
+    fn known_child_to_unname(&self, parent: &Inode, name: &CStr) -> Option<Arc<Inode>> {
+        let st = self.inodes.stat_child(parent, name).ok()?;
+        let child = self.inodes.find(InodeKey::of(&st))?;
+        if let Err(e) = self.inodes.pin(&child) {
+            tracing::debug!(
+                nodeid = child.nodeid,
+                "cannot keep an fd of a file losing its name: {e}"
+            );
+        }
+        Some(child)
     }
 
     pub fn unlink(&self, caller: Caller, parent: u64, name: &OsStr) -> OpResult<()> {
@@ -265,9 +284,10 @@ impl Overlay {
     fn remove(&self, _caller: Caller, parent: u64, name: &OsStr, flags: i32) -> OpResult<()> {
         let dir = self.inode(parent)?;
         let cname = sys::cstr(name).map_err(errno)?;
+        let dir_fd = self.path_fd(&dir)?;
         let _names = self.rename_lock.lock();
-        let victim = self.known_child(&dir, &cname);
-        sys::unlinkat(dir.fd(), &cname, flags).map_err(errno)?;
+        let victim = self.known_child_to_unname(&dir, &cname);
+        sys::unlinkat(dir_fd.as_fd(), &cname, flags).map_err(errno)?;
         if let Some(victim) = victim {
             victim.clear_name_if(parent, name);
         }
@@ -288,10 +308,23 @@ impl Overlay {
         let to_dir = self.inode(new_parent)?;
         let cname = sys::cstr(name).map_err(errno)?;
         let cnew = sys::cstr(new_name).map_err(errno)?;
+        let from_fd = self.path_fd(&from_dir)?;
+        let to_fd = self.path_fd(&to_dir)?;
         let _names = self.rename_lock.lock();
-        let moved = self.known_child(&from_dir, &cname);
-        let replaced = self.known_child(&to_dir, &cnew);
-        sys::renameat2(from_dir.fd(), &cname, to_dir.fd(), &cnew, flags).map_err(errno)?;
+        let moved = self
+            .inodes
+            .stat_child(&from_dir, &cname)
+            .ok()
+            .and_then(|st| self.inodes.find(InodeKey::of(&st)));
+        let replaced = if flags & libc::RENAME_EXCHANGE != 0 {
+            self.inodes
+                .stat_child(&to_dir, &cnew)
+                .ok()
+                .and_then(|st| self.inodes.find(InodeKey::of(&st)))
+        } else {
+            self.known_child_to_unname(&to_dir, &cnew)
+        };
+        sys::renameat2(from_fd.as_fd(), &cname, to_fd.as_fd(), &cnew, flags).map_err(errno)?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         if let Some(replaced) = &replaced {
             if exchange {
@@ -316,8 +349,9 @@ impl Overlay {
         let inode = self.inode(nodeid)?;
         let dir = self.inode(new_parent)?;
         let cname = sys::cstr(new_name).map_err(errno)?;
-        sys::link_fd(inode.fd(), dir.fd(), &cname).map_err(errno)?;
-        let st = sys::fstat(inode.fd()).map_err(errno)?;
+        let fd = self.path_fd(&inode)?;
+        sys::link_fd(fd.as_fd(), self.path_fd(&dir)?.as_fd(), &cname).map_err(errno)?;
+        let st = sys::fstat(fd.as_fd()).map_err(errno)?;
         self.inodes.add_lookup(inode.nodeid);
         inode.set_name(new_parent, new_name);
         Ok(Entry {
@@ -345,7 +379,7 @@ impl Overlay {
         // O_NOFOLLOW, and creation flags mean nothing on an existing file.
         let open_flags =
             flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW);
-        let file = sys::reopen(inode.fd(), open_flags).map_err(errno)?;
+        let file = sys::reopen(self.path_fd(&inode)?.as_fd(), open_flags).map_err(errno)?;
         Ok(self.register(inode, flags, file))
     }
 
@@ -361,10 +395,14 @@ impl Overlay {
     ) -> OpResult<()> {
         let dir = self.inode(parent)?;
         let cname = sys::cstr(name).map_err(errno)?;
-        let mode = sys::fstat(like.fd()).map_err(errno)?.st_mode & 0o7777;
+        let mode = sys::fstat(self.path_fd(like)?.as_fd())
+            .map_err(errno)?
+            .st_mode
+            & 0o7777;
+        let dir_fd = self.path_fd(&dir)?;
         let _creds = FsCredsGuard::become_caller(caller);
         match sys::openat(
-            dir.fd(),
+            dir_fd.as_fd(),
             &cname,
             libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
             mode,
@@ -386,18 +424,19 @@ impl Overlay {
     ) -> OpResult<(Entry, Arc<FileHandle>)> {
         let dir = self.inode(parent)?;
         let cname = sys::cstr(name).map_err(errno)?;
+        let dir_fd = self.path_fd(&dir)?;
         let file = {
             let _creds = FsCredsGuard::become_caller(caller);
             sys::openat(
-                dir.fd(),
+                dir_fd.as_fd(),
                 &cname,
                 (flags | libc::O_CREAT) & !libc::O_NOCTTY,
                 mode,
             )
             .map_err(errno)?
         };
-        let path_fd = sys::reopen(file.as_fd(), libc::O_PATH).map_err(errno)?;
-        let entry = self.entry_from_fd(path_fd, parent, name)?;
+        let st = sys::fstat(file.as_fd()).map_err(errno)?;
+        let entry = self.entry_from_stat(&st, parent, name);
         let handle = self.register(Arc::clone(&entry.inode), flags, file);
         Ok((entry, handle))
     }
@@ -440,7 +479,11 @@ impl Overlay {
 
     pub fn opendir(&self, nodeid: u64) -> OpResult<u64> {
         let inode = self.inode(nodeid)?;
-        let fd = sys::reopen(inode.fd(), libc::O_RDONLY | libc::O_DIRECTORY).map_err(errno)?;
+        let fd = sys::reopen(
+            self.path_fd(&inode)?.as_fd(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+        )
+        .map_err(errno)?;
         let stream = DirStream::open(fd).map_err(errno)?;
         Ok(self.handles.insert_dir(inode, stream))
     }
@@ -528,7 +571,7 @@ impl Overlay {
     /// `.` or `..` for readdirplus: the kernel does not link these, so no lookup is taken;
     /// only the number matters (the same one plain readdir reports).
     fn dot_entry(&self, dir: &Arc<Inode>, entry: &DirEntry) -> OpResult<Entry> {
-        let st = sys::fstat(dir.fd()).map_err(errno)?;
+        let st = sys::fstat(self.path_fd(dir)?.as_fd()).map_err(errno)?;
         let nodeid = if entry.name.as_bytes() == b"." {
             dir.nodeid
         } else {
@@ -555,37 +598,39 @@ impl Overlay {
     }
 
     pub fn statfs(&self, nodeid: u64) -> OpResult<libc::statvfs64> {
-        sys::fstatvfs(self.inode(nodeid)?.fd()).map_err(errno)
+        sys::fstatvfs(self.node_fd(nodeid)?.as_fd()).map_err(errno)
     }
 
     pub fn setxattr(&self, nodeid: u64, name: &OsStr, value: &[u8], flags: i32) -> OpResult<()> {
         let cname = sys::cstr(name).map_err(errno)?;
-        sys::setxattr(self.inode(nodeid)?.fd(), &cname, value, flags).map_err(errno)
+        let fd = self.node_fd(nodeid)?;
+        sys::setxattr(fd.as_fd(), &cname, value, flags).map_err(errno)
     }
 
     /// The value (size 0: only its length, as `Err`-free `Ok(len)` with an empty buffer).
     pub fn getxattr(&self, nodeid: u64, name: &OsStr, size: u32) -> OpResult<Xattr> {
         let cname = sys::cstr(name).map_err(errno)?;
-        let inode = self.inode(nodeid)?;
+        let fd = self.node_fd(nodeid)?;
         let mut buf = vec![0u8; size as usize];
-        let n = sys::getxattr(inode.fd(), &cname, &mut buf).map_err(errno)?;
+        let n = sys::getxattr(fd.as_fd(), &cname, &mut buf).map_err(errno)?;
         Ok(xattr_reply(size, buf, n))
     }
 
     pub fn listxattr(&self, nodeid: u64, size: u32) -> OpResult<Xattr> {
-        let inode = self.inode(nodeid)?;
+        let fd = self.node_fd(nodeid)?;
         let mut buf = vec![0u8; size as usize];
-        let n = sys::listxattr(inode.fd(), &mut buf).map_err(errno)?;
+        let n = sys::listxattr(fd.as_fd(), &mut buf).map_err(errno)?;
         Ok(xattr_reply(size, buf, n))
     }
 
     pub fn removexattr(&self, nodeid: u64, name: &OsStr) -> OpResult<()> {
         let cname = sys::cstr(name).map_err(errno)?;
-        sys::removexattr(self.inode(nodeid)?.fd(), &cname).map_err(errno)
+        let fd = self.node_fd(nodeid)?;
+        sys::removexattr(fd.as_fd(), &cname).map_err(errno)
     }
 
     pub fn access(&self, nodeid: u64, mask: i32) -> OpResult<()> {
-        sys::access_fd(self.inode(nodeid)?.fd(), mask).map_err(errno)
+        sys::access_fd(self.node_fd(nodeid)?.as_fd(), mask).map_err(errno)
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> OpResult<()> {
@@ -679,7 +724,7 @@ mod tests {
         let cpath = sys::cstr(tmp.path().as_os_str()).unwrap();
         let cwd = unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) };
         let root = sys::openat(cwd, &cpath, libc::O_PATH | libc::O_DIRECTORY, 0).unwrap();
-        (tmp, Overlay::new(root).unwrap())
+        (tmp, Overlay::new(root, 64).unwrap())
     }
 
     fn named(overlay: &Overlay, nodeid: u64) -> Option<(u64, String)> {
@@ -764,7 +809,12 @@ mod tests {
         overlay.forget(b.nodeid, 2);
         assert_eq!(overlay.inodes().lookups(b.nodeid), 0);
         assert!(overlay.inodes().get(b.nodeid).is_none(), "dropped at zero");
-        assert_eq!(sys::fstat(a.fd().as_fd()).unwrap().st_size, 1);
+        assert_eq!(
+            sys::fstat(overlay.path_fd(&a).unwrap().as_fd())
+                .unwrap()
+                .st_size,
+            1
+        );
     }
 
     #[test]

@@ -20,6 +20,16 @@ pub struct MountGuard {
 impl MountGuard {
     /// Mounts lockfs over `dir` (which must live in a temp dir) with extra `args`.
     pub fn mount(dir: &Path, args: &[&str]) -> MountGuard {
+        Self::mount_with(dir, args, |_| {})
+    }
+
+    /// As [`MountGuard::mount`], with the `lockfs mount` command (whose environment and
+    /// limits the daemon inherits) adjusted by `configure` first.
+    pub fn mount_with(
+        dir: &Path,
+        args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> MountGuard {
         assert!(
             dir.starts_with(std::env::temp_dir()),
             "tests mount only inside the temp dir, not {}",
@@ -27,6 +37,7 @@ impl MountGuard {
         );
         let mut command = Command::new(LOCKFS);
         command.arg("mount").arg(dir).args(args);
+        configure(&mut command);
         // LOCKFS_TEST_LOG=DIR keeps a trace log of every test daemon, for debugging.
         if let Some(logs) = std::env::var_os("LOCKFS_TEST_LOG") {
             let name = dir.parent().and_then(|p| p.file_name()).unwrap_or_default();
