@@ -30,11 +30,9 @@ impl Filesystem for LockFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // No FUSE_ATOMIC_O_TRUNC: the VFS then checks ETXTBSY before a truncate reaches us.
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
-        // READDIRPLUS for the first batch of a listing and whenever the kernel saw stats
-        // follow it (AUTO); plain READDIR otherwise, so `ls` of a huge directory does not
-        // intern (and hold an fd for) every name.
-        let _ = config
-            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        // Every listing comes with attributes (READDIRPLUS, not AUTO): interning a name
+        // costs one fstatat and no fd, and find, ls -l and git then need no LOOKUP per name.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         let granted = self.want_passthrough
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
@@ -259,7 +257,12 @@ impl Filesystem for LockFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.core.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel may keep the listing: every change to a directory goes through
+            // this mount, and each one bumps the directory's version, which drops it.
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(e),
         }
     }

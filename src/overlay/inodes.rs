@@ -13,7 +13,8 @@
 //! - the nodeid is the underlying ino when that is free (so `st_ino` matches the disk
 //!   below); otherwise a number from a range no disk ino reaches.
 
-use std::collections::HashMap;
+/// Every request looks its nodeid up here: foldhash, as in the lease engine.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::ffi::{CStr, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -141,6 +142,8 @@ struct Tables {
     by_key: HashMap<InodeKey, u64>,
     next_remap: u64,
     next_generation: u64,
+    /// The most entries held since memory was last given back to the system.
+    high_water: usize,
 }
 
 /// What the store holds, for `lockfs status` and the size tests.
@@ -161,6 +164,17 @@ pub struct InodeStore {
 /// Deeper than any directory tree a path walk could reach; a longer parent chain means
 /// the recorded names form a loop.
 const MAX_DEPTH: usize = 1 << 16;
+
+/// Once the store has held this many inodes and the kernel has forgotten half of them,
+/// the freed memory is returned to the system (the allocator keeps it otherwise).
+const TRIM_AFTER: usize = 10_000;
+
+fn give_back_memory() {
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 fn stale() -> io::Error {
     io::Error::from_raw_os_error(libc::ESTALE)
@@ -350,6 +364,7 @@ impl InodeStore {
             },
         );
         tables.by_key.insert(key, nodeid);
+        tables.high_water = tables.high_water.max(tables.by_node.len());
         inode
     }
 
@@ -376,10 +391,20 @@ impl InodeStore {
             }
             let entry = tables.by_node.remove(&nodeid).expect("present");
             tables.by_key.remove(&entry.inode.key);
-            entry
+            let held = tables.by_node.len();
+            let shrunk = tables.high_water >= TRIM_AFTER && held < tables.high_water / 2;
+            if shrunk {
+                tables.high_water = held;
+                tables.by_node.shrink_to_fit();
+                tables.by_key.shrink_to_fit();
+            }
+            (entry, shrunk)
         };
         self.fds.remove(nodeid);
-        drop(gone);
+        drop(gone.0);
+        if gone.1 {
+            give_back_memory();
+        }
     }
 
     /// How many inodes the store knows.
