@@ -521,7 +521,20 @@ impl<K: Key> Ticking for Driver<K> {
                 deliver(vec![(parked.run, Err(Refusal::Abandoned))]);
             }
         }
-        let poll = frontend_busy.then(|| Driver::now(self) + DYING_WAITER_POLL);
+        let polling_exits = self.processes.polls_exits();
+        if polling_exits {
+            let waiting: Vec<(K, ProcessId)> = self
+                .parked
+                .lock()
+                .values()
+                .map(|parked| (parked.key.clone(), parked.asker.process))
+                .collect();
+            for (key, asker) in waiting {
+                self.reap_dead_holders(&key, asker);
+            }
+        }
+        let waiters = polling_exits && !self.parked.lock().is_empty();
+        let poll = (frontend_busy || waiters).then(|| Driver::now(self) + DYING_WAITER_POLL);
         match (self.next_pass(), poll) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -26,6 +27,9 @@ pub struct Processes {
     /// Each watched process's parent and grandparent.
     families: Mutex<HashMap<ProcessId, [Option<ProcessId>; 2]>>,
     commands: Mutex<HashMap<ProcessId, String>>,
+    /// Set once a living process could not be watched (no pidfd_open: old kernel, seccomp,
+    /// valgrind; or no fd left): exits must then be found by polling.
+    watch_failed: AtomicBool,
 }
 
 impl Processes {
@@ -66,9 +70,30 @@ impl Processes {
         if self.commands.lock().insert(process, command).is_some() {
             return true;
         }
-        self.exits
-            .get()
-            .is_none_or(|exits| exits.watch(process).is_ok())
+        let Some(exits) = self.exits.get() else {
+            return true;
+        };
+        match exits.watch(process) {
+            Ok(()) => true,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => false,
+            // Failing to watch a process is not its exit: reporting it would end the
+            // leases of a process that goes on to commit, unfenced.
+            Err(e) if platform::is_alive(process) => {
+                if !self.watch_failed.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "cannot watch process exits ({e}); the leases of processes that \
+                         exit are ended when a waiter's poll finds them gone"
+                    );
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether exits must be found by polling: no exit watch, or one that failed.
+    pub fn polls_exits(&self) -> bool {
+        self.exits.get().is_none() || self.watch_failed.load(Ordering::Relaxed)
     }
 
     /// The parent and grandparent of `process` (read once per process).
