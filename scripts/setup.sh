@@ -2,7 +2,8 @@
 # Installs what lockfs's demo, tests and benchmarks need on a fresh Debian machine,
 # idempotently (a second run does nothing and takes a second). Shared by .ci/run.
 #
-#   scripts/setup.sh            Debian packages, npm libraries, cargo tools (pjdfstest, fsx)
+#   scripts/setup.sh            Debian packages, npm libraries, cargo tools (pjdfstest, fsx),
+#                               matplotlib (benchmark plots)
 #   scripts/setup.sh --minimal  Debian packages and npm libraries only (enough for the demo)
 #
 # Needs root (or sudo) only when a Debian package is missing. Expects the Rust toolchain,
@@ -27,6 +28,9 @@ DEBIAN_PACKAGES=(fuse3 sqlite3 bindfs mergerfs strace python3 stress-ng fio hype
 OPTIONAL_PACKAGES=(systemd dpkg-dev)
 # Rust tools from crates.io (skipped with --minimal): the POSIX suite and the exerciser.
 CARGO_TOOLS=(pjdfstest fsx)
+# Python packages from PyPI (skipped with --minimal): scripts/bench draws its plots with
+# matplotlib. Nothing else needs it, so a machine that cannot install it still runs all.
+PYTHON_PACKAGES=(matplotlib)
 
 minimal=0
 case "${1:-}" in
@@ -91,6 +95,16 @@ if [[ $minimal -eq 0 ]]; then
         if ! command -v "$tool" >/dev/null; then
             say "cargo install $tool (a few minutes, once)"
             cargo install --locked --quiet "$tool"
+        fi
+    done
+fi
+
+if [[ $minimal -eq 0 ]]; then
+    for pkg in "${PYTHON_PACKAGES[@]}"; do
+        if ! python3 -c "import $pkg" 2>/dev/null; then
+            say "pip install $pkg (for the benchmark plots)"
+            python3 -m pip install --quiet --disable-pip-version-check "$pkg" >/dev/null 2>&1 \
+                || say "could not install $pkg; scripts/bench will draw no plots"
         fi
     done
 fi
