@@ -13,6 +13,7 @@ pub(crate) mod control;
 pub(crate) mod demo;
 pub(crate) mod doctor;
 pub(crate) mod driver;
+pub(crate) mod fastmap;
 pub(crate) mod lease;
 pub(crate) mod mountinfo;
 pub(crate) mod options;

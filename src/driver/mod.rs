@@ -24,7 +24,9 @@ mod processes;
 mod timer;
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::fastmap::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::io;
@@ -128,8 +130,8 @@ impl<K: Key> Driver<K> {
     pub fn start(policy: Policy) -> io::Result<Arc<Driver<K>>> {
         let driver = Arc::new(Driver {
             engine: Mutex::new(Engine::new(policy)),
-            parked: Mutex::new(HashMap::new()),
-            orphans: Mutex::new(HashMap::new()),
+            parked: Mutex::new(HashMap::default()),
+            orphans: Mutex::new(HashMap::default()),
             processes: Processes::default(),
             timer: Timer::default(),
             frontend: OnceLock::new(),
@@ -220,7 +222,9 @@ impl<K: Key> Driver<K> {
     pub fn request(&self, key: K, asker: Asker, ask: Ask, run: Continuation) -> Option<WaitId> {
         let process = asker.process;
         self.watch(process);
-        self.reap_dead_holders(&key, process);
+        // No /proc read of the holders here: every holder is watched (pidfd), and its
+        // exit, reported by the exit watch, passes the lease on to whoever is waiting by
+        // then. Without pidfd the timer polls the holders of awaited files instead.
         let ask = Ask {
             family: self.processes.family_of(process),
             ..ask
@@ -338,7 +342,8 @@ impl<K: Key> Driver<K> {
         }
     }
 
-    /// A holder whose exit is not reported yet must not keep anyone waiting.
+    /// Exits found by polling (when pidfd cannot watch them): a dead holder of a file
+    /// someone waits for must not keep them waiting.
     fn reap_dead_holders(&self, key: &K, asking: ProcessId) {
         let others = self.engine.lock().holders_of(key);
         for other in others {

@@ -2,7 +2,6 @@
 //! thread belongs to, each process's parent and command line (read once, while it lives),
 //! and the watch that reports its exit.
 
-use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -10,6 +9,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use crate::fastmap::HashMap;
 use crate::platform::{self, ExitWatch, ProcessId};
 
 /// How long a thread id is trusted to name the same process without asking /proc again.

@@ -8,10 +8,7 @@ use super::Holder;
 use super::policy::{GapHistory, Policy};
 use super::view::{Counters, EndReason};
 
-/// The engine's maps hash a file's key at every request: foldhash (seeded per map, so
-/// crafted names cannot pile up in one bucket) instead of std's SipHash.
-pub(super) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-pub(super) type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+pub(super) use crate::fastmap::{HashMap, HashSet};
 
 /// What a request wants to do with a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

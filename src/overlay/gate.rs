@@ -5,7 +5,9 @@
 //! it) and the FUSE worker thread returns at once; the continuation runs when the engine
 //! grants, fences, times out or abandons it, on whichever thread produced that answer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::fastmap::HashMap;
 use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,11 +143,11 @@ impl Gate {
         let gate = Arc::new(Gate {
             core: core.clone(),
             driver: Driver::start(policy)?,
-            handle_leases: Mutex::new(HashMap::new()),
-            retries: Mutex::new(HashMap::new()),
-            refused: Mutex::new(HashMap::new()),
-            released_closes: Mutex::new(HashMap::new()),
-            recent_writes: Mutex::new(HashMap::new()),
+            handle_leases: Mutex::new(HashMap::default()),
+            retries: Mutex::new(HashMap::default()),
+            refused: Mutex::new(HashMap::default()),
+            released_closes: Mutex::new(HashMap::default()),
+            recent_writes: Mutex::new(HashMap::default()),
             names: Names::new(core.clone(), user_excluded),
         });
         let frontend: Arc<dyn Frontend<FileKey>> = gate.clone();

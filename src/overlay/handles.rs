@@ -1,6 +1,6 @@
 //! Open file and directory handles: what each fh the kernel holds refers to.
 
-use std::collections::HashMap;
+use crate::fastmap::HashMap;
 use std::ffi::{CStr, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;

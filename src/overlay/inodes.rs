@@ -13,8 +13,7 @@
 //! - the nodeid is the underlying ino when that is free (so `st_ino` matches the disk
 //!   below); otherwise a number from a range no disk ino reaches.
 
-/// Every request looks its nodeid up here: foldhash, as in the lease engine.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+use crate::fastmap::HashMap;
 use std::ffi::{CStr, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};

@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use crate::fastmap::HashMap;
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -202,8 +202,8 @@ impl ExitWatch {
         let inner = Arc::new(Watched {
             epoll,
             stop,
-            watched: Mutex::new(HashMap::new()),
-            by_fd: Mutex::new(HashMap::new()),
+            watched: Mutex::new(HashMap::default()),
+            by_fd: Mutex::new(HashMap::default()),
         });
         let worker = Arc::clone(&inner);
         std::thread::Builder::new()

@@ -9,7 +9,7 @@
 //! take it. A request the driver parks is answered by its continuation, on whichever thread
 //! the answer comes.
 
-use std::collections::HashMap;
+use crate::fastmap::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -250,7 +250,7 @@ impl Shared {
             Connection {
                 holder,
                 outbox,
-                uses: HashMap::new(),
+                uses: HashMap::default(),
                 waits: Vec::new(),
                 reads_in_flight: Vec::new(),
             },
