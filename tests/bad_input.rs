@@ -285,3 +285,20 @@ fn a_pid_file_inside_the_mounted_dir_does_not_hang() {
         assert!(!mounted);
     }
 }
+
+#[test]
+fn an_fd_cache_beyond_the_open_file_limit_is_refused_with_the_limit() {
+    let (_tmp, state) = state_dir();
+    assert_refused(
+        mount_cmd(&state, &["--fd-cache", "1000000"]),
+        &state,
+        "--fd-cache 1000000 is more than half",
+        Duration::from_secs(10),
+    );
+    assert_refused(
+        mount_cmd(&state, &["--fd-cache", "0"]),
+        &state,
+        "--fd-cache",
+        Duration::from_secs(10),
+    );
+}
