@@ -226,31 +226,33 @@ impl InodeStore {
         if let Some(fd) = self.held_fd(inode) {
             return Ok(fd);
         }
-        // Walk up to the nearest ancestor whose fd is held, then open back down.
-        let mut ancestors: Vec<Arc<Inode>> = Vec::new();
-        let mut child_name = inode.named_at().ok_or_else(stale)?;
+        // Walk up to the nearest ancestor whose fd is held, then open back down, each
+        // directory by the name read on the way up.
+        let target = inode.named_at().ok_or_else(stale)?;
+        let mut dirs: Vec<(Arc<Inode>, OsString)> = Vec::new();
+        let mut parent = target.parent;
         let mut dir_fd = loop {
-            let parent = self.get(child_name.parent).ok_or_else(stale)?;
-            if let Some(fd) = self.held_fd(&parent) {
+            let dir = self.get(parent).ok_or_else(stale)?;
+            if let Some(fd) = self.held_fd(&dir) {
                 break fd;
             }
-            if ancestors.len() >= MAX_DEPTH {
+            if dirs.len() >= MAX_DEPTH {
                 return Err(io::Error::from_raw_os_error(libc::ELOOP));
             }
-            child_name = parent.named_at().ok_or_else(stale)?;
-            ancestors.push(parent);
+            let named = dir.named_at().ok_or_else(stale)?;
+            parent = named.parent;
+            dirs.push((dir, named.name));
         };
-        while let Some(dir) = ancestors.pop() {
-            dir_fd = self.open_child(&dir_fd, &dir)?;
+        while let Some((dir, name)) = dirs.pop() {
+            dir_fd = self.open_child(&dir_fd, &dir, &name)?;
         }
-        self.open_child(&dir_fd, inode)
+        self.open_child(&dir_fd, inode, &target.name)
     }
 
-    /// Opens `inode` by its recorded name in the directory `dir_fd`, checks it is the same
-    /// file, and caches the fd.
-    fn open_child(&self, dir_fd: &PathFd, inode: &Inode) -> io::Result<PathFd> {
-        let named = inode.named_at().ok_or_else(stale)?;
-        let cname = sys::cstr(&named.name)?;
+    /// Opens `inode` as `name` in the directory `dir_fd`, checks it is the same file, and
+    /// caches the fd.
+    fn open_child(&self, dir_fd: &PathFd, inode: &Inode, name: &OsStr) -> io::Result<PathFd> {
+        let cname = sys::cstr(name)?;
         let fd = match sys::openat(
             dir_fd.as_fd(),
             &cname,
@@ -284,6 +286,19 @@ impl InodeStore {
     /// `lstat` of `name` in the directory `parent`.
     pub fn stat_child(&self, parent: &Inode, name: &CStr) -> io::Result<Stat> {
         sys::fstatat(self.fd(parent)?.as_fd(), name, libc::AT_SYMLINK_NOFOLLOW)
+    }
+
+    /// `lstat` of `name` in the directory with nodeid `parent`; None when either is gone.
+    pub fn stat_named(&self, parent: u64, name: &OsStr) -> Option<Stat> {
+        let dir = self.get(parent)?;
+        let cname = sys::cstr(name).ok()?;
+        self.stat_child(&dir, &cname).ok()
+    }
+
+    /// The live inode currently at `parent/name`, if the kernel knows it.
+    pub fn known_child(&self, parent: &Inode, name: &CStr) -> Option<Arc<Inode>> {
+        let st = self.stat_child(parent, name).ok()?;
+        self.find(InodeKey::of(&st))
     }
 
     /// How many inodes the store knows, how many fds it pins, and how many it caches.

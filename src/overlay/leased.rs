@@ -12,7 +12,6 @@ use super::inodes::InodeKey;
 use super::passthrough::{Entry, OpResult, Overlay, SetAttr};
 use super::reply::{Refuse, reply_attr, reply_create, reply_empty, reply_entry, reply_open};
 use crate::lease::{Intent, Outcome};
-use crate::sys;
 
 pub struct Leased {
     pub core: Arc<Overlay>,
@@ -188,7 +187,9 @@ impl Leased {
     /// engine knew of the old one's files must not judge the new one's.
     pub fn rmdir(&self, caller: Caller, parent: u64, name: &OsStr) -> OpResult<()> {
         let removed = self
-            .stat_child(parent, name)
+            .core
+            .inodes()
+            .stat_named(parent, name)
             .and_then(|st| self.core.inodes().find(InodeKey::of(&st)));
         self.core.rmdir(caller, parent, name)?;
         if let Some(dir) = removed {
@@ -213,7 +214,7 @@ impl Leased {
     ) {
         let target = key(new_parent, new_name);
         let source = key(parent, name);
-        let moved = self.stat_child(parent, name);
+        let moved = self.core.inodes().stat_named(parent, name);
         let moves_a_file = moved.is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
         let target_managed = moves_a_file && self.gate.names.is_managed(&target);
         let source_managed =
@@ -341,11 +342,5 @@ impl Leased {
         let handle = self.core.release(fh)?;
         self.gate.released(&handle);
         Ok(())
-    }
-
-    fn stat_child(&self, parent: u64, name: &OsStr) -> Option<sys::Stat> {
-        let dir = self.core.inodes().get(parent)?;
-        let cname = sys::cstr(name).ok()?;
-        self.core.inodes().stat_child(&dir, &cname).ok()
     }
 }

@@ -103,29 +103,17 @@ impl Names {
     /// Whether `key` still names `inode`: a waiter granted after a rename-over must look
     /// the name up again rather than open the replaced file.
     pub fn still_named(&self, key: &FileKey, inode: &Inode) -> bool {
-        let Some(dir) = self.core.inodes().get(key.0) else {
-            return false;
-        };
-        let Ok(cname) = sys::cstr(&key.1) else {
-            return false;
-        };
         self.core
             .inodes()
-            .stat_child(&dir, &cname)
-            .is_ok_and(|st| InodeKey::of(&st) == inode.key)
+            .stat_named(key.0, &key.1)
+            .is_some_and(|st| InodeKey::of(&st) == inode.key)
     }
 
     pub fn names_ino(&self, parent: u64, name: &OsStr, ino: u64) -> bool {
-        let Some(dir) = self.core.inodes().get(parent) else {
-            return false;
-        };
-        let Ok(cname) = sys::cstr(name) else {
-            return false;
-        };
         self.core
             .inodes()
-            .stat_child(&dir, &cname)
-            .is_ok_and(|st| st.st_ino == ino)
+            .stat_named(parent, name)
+            .is_some_and(|st| st.st_ino == ino)
     }
 }
 

@@ -262,8 +262,7 @@ impl Overlay {
     /// pinned for as long as the kernel knows it: the caller is about to take that name
     /// away, and the inode must stay reachable (and its number unused) without it.
     fn known_child_to_unname(&self, parent: &Inode, name: &CStr) -> Option<Arc<Inode>> {
-        let st = self.inodes.stat_child(parent, name).ok()?;
-        let child = self.inodes.find(InodeKey::of(&st))?;
+        let child = self.inodes.known_child(parent, name)?;
         if let Err(e) = self.inodes.pin(&child) {
             tracing::debug!(
                 nodeid = child.nodeid,
@@ -310,22 +309,15 @@ impl Overlay {
         let cnew = sys::cstr(new_name).map_err(errno)?;
         let from_fd = self.path_fd(&from_dir)?;
         let to_fd = self.path_fd(&to_dir)?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let _names = self.rename_lock.lock();
-        let moved = self
-            .inodes
-            .stat_child(&from_dir, &cname)
-            .ok()
-            .and_then(|st| self.inodes.find(InodeKey::of(&st)));
-        let replaced = if flags & libc::RENAME_EXCHANGE != 0 {
-            self.inodes
-                .stat_child(&to_dir, &cnew)
-                .ok()
-                .and_then(|st| self.inodes.find(InodeKey::of(&st)))
+        let moved = self.inodes.known_child(&from_dir, &cname);
+        let replaced = if exchange {
+            self.inodes.known_child(&to_dir, &cnew)
         } else {
             self.known_child_to_unname(&to_dir, &cnew)
         };
         sys::renameat2(from_fd.as_fd(), &cname, to_fd.as_fd(), &cnew, flags).map_err(errno)?;
-        let exchange = flags & libc::RENAME_EXCHANGE != 0;
         if let Some(replaced) = &replaced {
             if exchange {
                 replaced.set_name(parent, name);
