@@ -25,8 +25,6 @@ mod timer;
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-
-use crate::fastmap::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::io;
@@ -38,6 +36,7 @@ use parking_lot::Mutex;
 use self::processes::Processes;
 use self::timer::{Ticking, Timer};
 use crate::control::events;
+use crate::fastmap::HashMap;
 use crate::lease::{
     Action, Admission, Ask, Counters, EndReason, Engine, Grant, LeaseId, LeaseState, LeaseView,
     Outcome, Policy, WaitId,
@@ -526,20 +525,21 @@ impl<K: Key> Ticking for Driver<K> {
                 deliver(vec![(parked.run, Err(Refusal::Abandoned))]);
             }
         }
-        let polling_exits = self.processes.polls_exits();
-        if polling_exits {
+        let mut polling_for_waiters = false;
+        if self.processes.polls_exits() {
             let waiting: Vec<(K, ProcessId)> = self
                 .parked
                 .lock()
                 .values()
                 .map(|parked| (parked.key.clone(), parked.asker.process))
                 .collect();
+            polling_for_waiters = !waiting.is_empty();
             for (key, asker) in waiting {
                 self.reap_dead_holders(&key, asker);
             }
         }
-        let waiters = polling_exits && !self.parked.lock().is_empty();
-        let poll = (frontend_busy || waiters).then(|| Driver::now(self) + DYING_WAITER_POLL);
+        let poll =
+            (frontend_busy || polling_for_waiters).then(|| Driver::now(self) + DYING_WAITER_POLL);
         match (self.next_pass(), poll) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -938,12 +938,12 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         }
     }
 
-    /// A waiter's thread died or gave up: forget its place in line.
     /// Whether `wait` is still in a queue (not yet granted or otherwise answered).
     pub fn is_waiting(&self, wait: WaitId) -> bool {
         self.waiting.contains_key(&wait)
     }
 
+    /// A waiter's thread died or gave up: forget its place in line.
     pub fn cancel(&mut self, now: Duration, wait: WaitId) -> Vec<Action<K>> {
         let mut actions = Vec::new();
         if let Some(key) = self.waiting.remove(&wait) {

@@ -6,8 +6,6 @@
 //! grants, fences, times out or abandons it, on whichever thread produced that answer.
 
 use std::collections::VecDeque;
-
-use crate::fastmap::HashMap;
 use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +19,7 @@ use super::names::Names;
 pub use super::names::{ExcludeFn, FileKey};
 use super::passthrough::Overlay;
 use crate::driver::{Asker, Driver, Frontend, Granted, Refusal};
+use crate::fastmap::HashMap;
 use crate::lease::{Counters, Grant, Intent, LeaseView, Outcome, Policy};
 use crate::platform::ProcessId;
 use crate::sys;

@@ -1,6 +1,5 @@
 //! Open file and directory handles: what each fh the kernel holds refers to.
 
-use crate::fastmap::HashMap;
 use std::ffi::{CStr, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -11,6 +10,7 @@ use fuser::BackingId;
 use parking_lot::{Mutex, RwLock};
 
 use super::inodes::Inode;
+use crate::fastmap::HashMap;
 
 /// One open file: created by OPEN/CREATE, gone at RELEASE.
 #[derive(Debug)]

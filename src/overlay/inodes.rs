@@ -13,7 +13,6 @@
 //! - the nodeid is the underlying ino when that is free (so `st_ino` matches the disk
 //!   below); otherwise a number from a range no disk ino reaches.
 
-use crate::fastmap::HashMap;
 use std::ffi::{CStr, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -23,6 +22,7 @@ use fuser::BackingId;
 use parking_lot::Mutex;
 
 use super::fds::{FdCache, PathFd};
+use crate::fastmap::HashMap;
 use crate::sys::{self, Stat};
 
 pub const ROOT_ID: u64 = 1;

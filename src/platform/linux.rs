@@ -1,4 +1,3 @@
-use crate::fastmap::HashMap;
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -7,6 +6,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::ProcessId;
+use crate::fastmap::HashMap;
 
 const SIGKILL_BIT: u64 = 1 << (libc::SIGKILL - 1);
 

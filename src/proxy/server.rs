@@ -9,7 +9,6 @@
 //! take it. A request the driver parks is answered by its continuation, on whichever thread
 //! the answer comes.
 
-use crate::fastmap::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +26,7 @@ use super::protocol::{
 };
 use crate::control::events;
 use crate::driver::{Answer, Asker, Driver, Frontend, Refusal};
+use crate::fastmap::HashMap;
 use crate::lease::{Ask, EndReason, Grant, Intent, LeaseId, Outcome, Policy, WaitId};
 use crate::platform::{self, ProcessId};
 
