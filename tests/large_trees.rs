@@ -41,6 +41,16 @@ fn mount_with_few_fds(dir: &Path, pid_file: &Path) -> MountGuard {
     })
 }
 
+/// lstat()s every file of the directories `dirs` through the mount, so the kernel knows
+/// them all; panics at the first error.
+fn stat_tree(state: &Path, dirs: std::ops::Range<usize>) {
+    for d in dirs {
+        for f in 0..FILES_PER_DIR {
+            std::fs::symlink_metadata(state.join(format!("d{d}/f{f}"))).unwrap();
+        }
+    }
+}
+
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -122,11 +132,7 @@ fn identity_survives_renames_links_and_unlinks_without_an_fd_per_file() {
 
     // Every file is known to the kernel, most without a cached fd in the daemon.
     let ino_before = std::fs::metadata(state.join("d3/f7")).unwrap().ino();
-    for d in 0..DIRS {
-        for f in 0..FILES_PER_DIR {
-            std::fs::symlink_metadata(state.join(format!("d{d}/f{f}"))).unwrap();
-        }
-    }
+    stat_tree(&state, 0..DIRS);
     // A directory renamed: its files are reached by their new path, same inodes.
     std::fs::rename(state.join("d3"), state.join("moved")).unwrap();
     let moved = state.join("moved/f7");
@@ -150,11 +156,7 @@ fn identity_survives_renames_links_and_unlinks_without_an_fd_per_file() {
     // A file unlinked while open stays usable through its open fd, fstat included.
     let open = std::fs::File::open(state.join("d5/f1")).unwrap();
     std::fs::remove_file(state.join("d5/f1")).unwrap();
-    for d in 6..DIRS {
-        for f in 0..FILES_PER_DIR {
-            std::fs::symlink_metadata(state.join(format!("d{d}/f{f}"))).unwrap();
-        }
-    }
+    stat_tree(&state, 6..DIRS);
     let meta = open.metadata().unwrap();
     assert_eq!(meta.nlink(), 0);
     assert_eq!(std::io::read_to_string(&open).unwrap(), "5/1");
@@ -169,11 +171,7 @@ fn the_daemon_forgets_what_the_kernel_forgets() {
     make_tree(&state);
     let pid_file = tmp.path().join("daemon.pid");
     let _mount = mount_with_few_fds(&state, &pid_file);
-    for d in 0..DIRS {
-        for f in 0..FILES_PER_DIR {
-            std::fs::symlink_metadata(state.join(format!("d{d}/f{f}"))).unwrap();
-        }
-    }
+    stat_tree(&state, 0..DIRS);
     let known = counter(&state, "inodes_known");
     assert!(known as usize >= DIRS * FILES_PER_DIR, "{known}");
     if std::fs::write("/proc/sys/vm/drop_caches", "2").is_err() {
