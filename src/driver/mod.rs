@@ -221,9 +221,11 @@ impl<K: Key> Driver<K> {
     pub fn request(&self, key: K, asker: Asker, ask: Ask, run: Continuation) -> Option<WaitId> {
         let process = asker.process;
         self.watch(process);
-        // No /proc read of the holders here: every holder is watched (pidfd), and its
-        // exit, reported by the exit watch, passes the lease on to whoever is waiting by
-        // then. Without pidfd the timer polls the holders of awaited files instead.
+        // A holder that exited before its exit was reported (the exit watch runs on its
+        // own thread) is found here, so its cycle has passed on (to its parent, say)
+        // before this request is judged: a shell's `mv` must not be judged while the
+        // `awk` that read the file still seems to hold it.
+        self.reap_dead_holders(&key, process);
         let ask = Ask {
             family: self.processes.family_of(process),
             ..ask
@@ -341,8 +343,8 @@ impl<K: Key> Driver<K> {
         }
     }
 
-    /// Exits found by polling (when pidfd cannot watch them): a dead holder of a file
-    /// someone waits for must not keep them waiting.
+    /// A holder whose exit is not reported yet (or, without pidfd, never will be) must not
+    /// keep anyone waiting.
     fn reap_dead_holders(&self, key: &K, asking: ProcessId) {
         let others = self.engine.lock().holders_of(key);
         for other in others {
