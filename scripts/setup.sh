@@ -21,8 +21,10 @@ set -euo pipefail
 #   util-linux procps coreutils sed  flock, timeout, ps, mv, sed for the scripts
 #   git rsync jq moreutils gawk  real programs as the oracle (S14, S15: tests/real_programs.rs,
 #             scripts/bench-real); moreutils gives sponge
+#   etcd-server etcd-client  leases across hosts (tests/cluster.rs starts its own members;
+#             nothing is left running)
 DEBIAN_PACKAGES=(fuse3 sqlite3 bindfs mergerfs strace python3 stress-ng fio hyperfine
-    util-linux procps coreutils sed git rsync jq moreutils gawk)
+    util-linux procps coreutils sed git rsync jq moreutils gawk etcd-server etcd-client)
 # Wanted by the packaging tests (systemd-analyze verify of the unit, dpkg-deb for the
 # package); installed when missing, but a machine that refuses them still runs the rest.
 OPTIONAL_PACKAGES=(systemd dpkg-dev)

@@ -8,6 +8,7 @@
 //! ([`proxy::protocol`]); [`cli`] is the `lockfs` command.
 
 pub mod cli;
+pub(crate) mod cluster;
 pub(crate) mod config;
 pub(crate) mod control;
 pub(crate) mod demo;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 
-pub use report::{DaemonInfo, StatusReport};
+pub use report::{ClusterReport, DaemonInfo, StatusReport};
 pub use server::{ControlHandler, Server, ServerHandle};
 pub use socket_path::{
     canonical_mount_dir, lexically_absolute, socket_candidates_for, socket_path_for,

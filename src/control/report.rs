@@ -27,6 +27,21 @@ pub struct StatusReport {
     pub leases: Vec<LeaseReport>,
     /// The engine's counters by field name (see `lease::Counters`).
     pub counters: BTreeMap<String, u64>,
+    /// Leases across hosts (`lockfs mount --etcd`); absent without a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterReport>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterReport {
+    /// etcd client URLs.
+    pub endpoints: Vec<String>,
+    /// Why etcd cannot be used now (managed files wait, then fail), if it cannot.
+    pub problem: Option<String>,
+    /// Files whose cluster lease this host holds.
+    pub files_held: usize,
+    /// Files this host waits for while another host holds them.
+    pub files_queued: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -153,6 +168,7 @@ impl StatusReport {
             },
             leases,
             counters: counters_by_name(counters),
+            cluster: None,
         }
     }
 }

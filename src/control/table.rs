@@ -40,6 +40,25 @@ pub fn render(report: &StatusReport) -> String {
         }
     }
     render_counters(&mut out, report);
+    if let Some(cluster) = &report.cluster {
+        let state = match &cluster.problem {
+            None => "connected".to_string(),
+            Some(why) => format!("NOT usable ({why}); managed files wait, then fail"),
+        };
+        let _ = writeln!(
+            out,
+            "{}",
+            fit(
+                &format!(
+                    "etcd {}: {state}; {} files held here, {} waiting for another host",
+                    cluster.endpoints.join(","),
+                    cluster.files_held,
+                    cluster.files_queued
+                ),
+                WIDTH
+            )
+        );
+    }
     out
 }
 
@@ -189,6 +208,7 @@ mod tests {
             pid: 10,
             uptime_ms: 3_725_000,
             passthrough: true,
+            cluster: None,
             policy: PolicyReport {
                 linger_ms: 50,
                 max_hold_ms: 10_000,

@@ -20,6 +20,7 @@
 //! continuations run one after the other on the thread that produced the first answer
 //! (see [`deliver`]), so the stack does not grow with the length of a queue.
 
+mod cluster;
 mod processes;
 mod timer;
 
@@ -99,6 +100,10 @@ pub trait Frontend<K>: Send + Sync {
     }
     /// The lease of `holder` on `key` was revoked (it is logged already).
     fn revoked(&self, _key: &K, _holder: ProcessId, _reason: EndReason) {}
+    /// Whether the file is there (a file gone needs no cluster-wide generation).
+    fn exists(&self, _key: &K) -> bool {
+        true
+    }
     /// Housekeeping on the timer thread; true while the front end wants another pass soon.
     fn tick(&self) -> bool {
         false
@@ -121,12 +126,25 @@ pub struct Driver<K: Key> {
     timer: Timer,
     frontend: OnceLock<Weak<dyn Frontend<K>>>,
     epoch: Instant,
+    /// Leases across hosts, when this daemon takes part in a cluster.
+    cluster: Option<self::cluster::ClusterLink<K>>,
+    /// This driver, for the threads and continuations it starts.
+    me: OnceLock<Weak<Driver<K>>>,
 }
 
 impl<K: Key> Driver<K> {
     /// Starts the driver with its exit-watch and timer threads; both stop once the driver
     /// is dropped. Attach the front end before the first request.
     pub fn start(policy: Policy) -> io::Result<Arc<Driver<K>>> {
+        Driver::start_in_cluster(policy, None)
+    }
+
+    /// As [`Driver::start`]; with a cluster, a file is granted locally only while this
+    /// host holds its cluster lease.
+    pub fn start_in_cluster(
+        policy: Policy,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> io::Result<Arc<Driver<K>>> {
         let driver = Arc::new(Driver {
             engine: Mutex::new(Engine::new(policy)),
             parked: Mutex::new(HashMap::default()),
@@ -135,7 +153,18 @@ impl<K: Key> Driver<K> {
             timer: Timer::default(),
             frontend: OnceLock::new(),
             epoch: Instant::now(),
+            cluster: cluster.clone().map(self::cluster::ClusterLink::new),
+            me: OnceLock::new(),
         });
+        let _ = driver.me.set(Arc::downgrade(&driver));
+        if let Some(cluster) = cluster {
+            let weak = Arc::downgrade(&driver);
+            cluster.on_event(move |event| {
+                if let Some(driver) = weak.upgrade() {
+                    driver.cluster_event(event);
+                }
+            });
+        }
         let weak = Arc::downgrade(&driver);
         let exits = ExitWatch::start(move |process| {
             if let Some(driver) = weak.upgrade() {
@@ -221,6 +250,10 @@ impl<K: Key> Driver<K> {
     pub fn request(&self, key: K, asker: Asker, ask: Ask, run: Continuation) -> Option<WaitId> {
         let process = asker.process;
         self.watch(process);
+        let (run, counted) = match self.through_cluster(&key, asker, ask, run) {
+            self::cluster::Step::Engine { run, counted } => (run, counted),
+            self::cluster::Step::Parked(wait) => return Some(wait),
+        };
         // A holder that exited before its exit was reported (the exit watch runs on its
         // own thread) is found here, so its cycle has passed on (to its parent, say)
         // before this request is judged: a shell's `mv` must not be judged while the
@@ -253,12 +286,18 @@ impl<K: Key> Driver<K> {
                 };
                 self.parked.lock().insert(wait, parked);
                 drop(engine);
+                if counted {
+                    self.entered_engine(&key);
+                }
                 tracing::trace!(path = %self.describe(&key), pid = process.pid, tid = asker.thread, ?ask, ?admission, "admit");
                 self.wake_timer();
                 return Some(wait);
             }
         };
         drop(engine);
+        if counted {
+            self.entered_engine(&key);
+        }
         tracing::trace!(path = %self.describe(&key), pid = process.pid, tid = asker.thread, ?ask, ?admission, "admit");
         match answer {
             Err(_) => self.log_fenced(&key, process),
@@ -271,6 +310,10 @@ impl<K: Key> Driver<K> {
 
     /// Withdraws a parked request whose asker went away; its continuation is dropped.
     pub fn cancel(&self, wait: WaitId) {
+        if Self::is_cluster_wait(wait) {
+            self.withdraw_from_cluster(wait);
+            return;
+        }
         self.withdraw(wait);
     }
 
@@ -298,6 +341,10 @@ impl<K: Key> Driver<K> {
             .lock()
             .finish(self.now(), lease, holder, outcome);
         self.wake_timer();
+        if self.cluster.is_some() {
+            // A file another host waits for may be free now: the sweep gives it back.
+            self.timer.due_at(self.now());
+        }
         self.execute(actions);
     }
 
@@ -542,10 +589,11 @@ impl<K: Key> Ticking for Driver<K> {
         }
         let poll =
             (frontend_busy || polling_for_waiters).then(|| Driver::now(self) + DYING_WAITER_POLL);
-        match (self.next_pass(), poll) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let cluster = self.cluster_sweep();
+        [self.next_pass(), poll, cluster]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 

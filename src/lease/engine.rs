@@ -764,6 +764,18 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         self.forget_idle_entries();
     }
 
+    /// Another host saved `key`: every view of it taken here is older than the file now.
+    pub fn external_commit(&mut self, key: &K) {
+        self.bump(key);
+    }
+
+    /// Nobody holds `key` or waits for it.
+    pub fn is_free(&self, key: &K) -> bool {
+        self.entries
+            .get(key)
+            .is_none_or(|entry| entry.lease.is_none() && entry.queue.is_empty())
+    }
+
     /// A new generation for `key`.
     fn bump(&mut self, key: &K) -> u64 {
         self.commits += 1;

@@ -44,6 +44,15 @@ impl ControlHandler for OverlayControl {
         ] {
             report.counters.insert(name.to_string(), value as u64);
         }
+        report.cluster = self
+            .gate
+            .cluster_health()
+            .map(|health| crate::control::ClusterReport {
+                endpoints: health.endpoints,
+                problem: health.problem,
+                files_held: health.files_held,
+                files_queued: health.files_queued,
+            });
         report
     }
 

@@ -48,6 +48,25 @@ pub struct MountArgs {
     /// Append the background daemon's log to FILE (default: discarded).
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// Serve DIR as a view of the directory BACKING, instead of the directory under DIR
+    /// itself (as bindfs does). Neither may lie inside the other.
+    #[arg(long, value_name = "BACKING")]
+    pub source: Option<PathBuf>,
+    /// Coordinate leases with other hosts that share this directory (NFS, CephFS, a
+    /// ReadWriteMany volume) through etcd: its client URLs, comma-separated
+    /// (http://10.0.0.5:2379,http://10.0.0.6:2379). Opens of managed files wait while etcd
+    /// cannot be reached, and fail at --max-wait; they never go ahead unprotected.
+    #[arg(long, value_name = "URL,...", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+    /// The etcd key prefix of this directory's leases; every host of the directory must use
+    /// the same one [default: /lockfs/ and the name of the directory served]
+    #[arg(long, value_name = "PREFIX", requires = "etcd")]
+    pub etcd_prefix: Option<String>,
+    /// How long the files of a host that died or lost etcd stay held before the other
+    /// hosts get them (its etcd session's TTL; whole seconds)
+    #[arg(long, value_name = "DURATION", value_parser = crate::options::parse_duration,
+          default_value = "5s", requires = "etcd")]
+    pub etcd_ttl: Duration,
     #[command(flatten)]
     pub lease: LeaseOptions,
 }
@@ -63,6 +82,15 @@ pub struct UnmountArgs {
 
 pub fn mount_command(mut args: MountArgs) -> anyhow::Result<ExitCode> {
     let dir = checked_mount_dir(&args.dir)?;
+    if let Some(source) = &args.source {
+        args.source = Some(checked_source(source, &dir)?);
+    }
+    if args.etcd_ttl < Duration::from_secs(1) {
+        bail!("--etcd-ttl must be at least 1s (etcd counts its leases in whole seconds)");
+    }
+    if args.etcd.iter().any(|url| url.trim().is_empty()) {
+        bail!("--etcd has an empty URL; give client URLs like http://127.0.0.1:2379");
+    }
     if let Some(pid_file) = &args.pid_file {
         args.pid_file = Some(checked_side_file(pid_file, &dir, "--pid-file")?);
     }
@@ -184,6 +212,29 @@ fn checked_mount_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// The canonical directory `--source` names: it must exist, and neither it nor the mount
+/// directory may contain the other (the mount would serve itself).
+fn checked_source(source: &Path, mount_dir: &Path) -> anyhow::Result<PathBuf> {
+    let canonical = std::fs::canonicalize(source).map_err(|e| {
+        anyhow::anyhow!(
+            "--source {}: {e}; give an existing directory",
+            source.display()
+        )
+    })?;
+    if !canonical.is_dir() {
+        bail!("--source {} is not a directory", source.display());
+    }
+    if canonical.starts_with(mount_dir) || mount_dir.starts_with(&canonical) {
+        bail!(
+            "--source {} and {} lie inside one another; the mount would serve itself. \
+             Use a directory beside it",
+            source.display(),
+            mount_dir.display()
+        );
+    }
+    Ok(canonical)
+}
+
 /// An absolute path for a file the daemon writes (pid or log file): its directory must
 /// exist, and it must lie outside the mount, which cannot serve the daemon before it runs.
 fn checked_side_file(file: &Path, mount_dir: &Path, option: &str) -> anyhow::Result<PathBuf> {
@@ -263,7 +314,8 @@ fn run_daemon(args: &MountArgs, dir: &Path, ready: Option<OwnedFd>) -> anyhow::R
     let socket = crate::control::socket_path_for(dir);
     let stop_signals = block_stop_signals();
     // Every failure before the mount is ready goes to `lockfs mount`, which waits for it.
-    let started = start_session(args, dir).and_then(|(mut session, gate)| {
+    let mut cluster = None;
+    let started = start_session(args, dir, &mut cluster).and_then(|(mut session, gate)| {
         let control = control::OverlayControl::new(gate, dir);
         let control = start_control(&socket, Arc::new(control))?;
         spawn_signal_thread(stop_signals, session.unmount_callable(), dir.to_path_buf())?;
@@ -290,6 +342,10 @@ fn run_daemon(args: &MountArgs, dir: &Path, ready: Option<OwnedFd>) -> anyhow::R
         let _ = ready.write_all(b"ok\n");
     }
     let result = session.run();
+    if let Some(cluster) = cluster {
+        // The other hosts get this host's files now, not after the session's TTL.
+        cluster.stop();
+    }
     if let Some(pid_file) = &args.pid_file {
         let _ = std::fs::remove_file(pid_file);
     }
@@ -342,6 +398,7 @@ fn fd_cache_size(asked: Option<u32>, open_file_limit: u64) -> anyhow::Result<usi
 fn start_session(
     args: &MountArgs,
     dir: &Path,
+    cluster: &mut Option<Arc<crate::cluster::Cluster>>,
 ) -> anyhow::Result<(fuser::Session<LockFs>, Arc<gate::Gate>)> {
     let limit = match sys::raise_nofile_limit() {
         Ok(limit) => limit,
@@ -354,14 +411,16 @@ fn start_session(
     tracing::debug!("open file limit {limit}, fd cache {fd_cache}");
     // The kernel applies the caller's umask before a create reaches us.
     unsafe { libc::umask(0) };
-    let cdir = CString::new(dir.as_os_str().as_bytes()).context("directory name")?;
+    let backing = args.source.as_deref().unwrap_or(dir);
+    super::reply::set_shared(args.source.is_some() || !args.etcd.is_empty());
+    let cdir = CString::new(backing.as_os_str().as_bytes()).context("directory name")?;
     let root = sys::openat(
         unsafe { std::os::fd::BorrowedFd::borrow_raw(libc::AT_FDCWD) },
         &cdir,
         libc::O_PATH | libc::O_DIRECTORY,
         0,
     )
-    .with_context(|| format!("open {}", dir.display()))?;
+    .with_context(|| format!("open {}", backing.display()))?;
     let core = Arc::new(Overlay::new(root, fd_cache).context("stat the directory")?);
     let resolved = crate::config::resolve(&args.lease)?;
     let policy = resolved.policy.clone();
@@ -375,8 +434,11 @@ fn start_session(
         !resolved.excludes.is_empty() || resolved.rules.iter().any(|rule| rule.exclude.is_some());
     let excluded: Option<gate::ExcludeFn> = has_excludes
         .then(|| Box::new(move |path: &str| resolved.is_excluded(Path::new(path))) as _);
-    let gate =
-        gate::Gate::start(Arc::clone(&core), policy, excluded).context("start the lease layer")?;
+    if !args.etcd.is_empty() {
+        *cluster = Some(start_cluster(args, backing)?);
+    }
+    let gate = gate::Gate::start(Arc::clone(&core), policy, excluded, cluster.clone())
+        .context("start the lease layer")?;
     let fs = LockFs {
         leased: leased::Leased {
             core: Arc::clone(&core),
@@ -404,6 +466,22 @@ fn start_session(
     }
     let session = fuser::Session::new(fs, dir, &config).map_err(|e| mount_error(dir, e))?;
     Ok((session, gate))
+}
+
+fn start_cluster(args: &MountArgs, backing: &Path) -> anyhow::Result<Arc<crate::cluster::Cluster>> {
+    let prefix = args.etcd_prefix.clone().unwrap_or_else(|| {
+        let name = backing.file_name().unwrap_or_default().to_string_lossy();
+        format!("/lockfs/{name}")
+    });
+    let config = crate::cluster::ClusterConfig {
+        endpoints: args.etcd.clone(),
+        prefix: prefix.clone(),
+        ttl: args.etcd_ttl,
+    };
+    let cluster =
+        crate::cluster::Cluster::start(config).map_err(|e| anyhow::anyhow!("--etcd: {e}"))?;
+    tracing::info!(endpoints = %args.etcd.join(","), %prefix, ttl_s = args.etcd_ttl.as_secs(), "leases are coordinated through etcd");
+    Ok(cluster)
 }
 
 fn mount_error(dir: &Path, e: std::io::Error) -> anyhow::Error {

@@ -16,7 +16,7 @@ use fuser::{
 use super::Caller;
 use super::attr::dirent_type;
 use super::passthrough::{Overlay, SetAttr};
-use super::reply::{ENTRY_TTL, reply_attr, reply_empty, reply_entry, reply_xattr};
+use super::reply::{entry_ttl, is_shared, reply_attr, reply_empty, reply_entry, reply_xattr};
 
 pub struct LockFs {
     pub core: Arc<Overlay>,
@@ -259,10 +259,11 @@ impl Filesystem for LockFs {
         match self.core.opendir(ino.0) {
             // The kernel may keep the listing: every change to a directory goes through
             // this mount, and each one bumps the directory's version, which drops it.
-            Ok(fh) => reply.opened(
+            Ok(fh) if !is_shared() => reply.opened(
                 FileHandle(fh),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
     }
@@ -302,7 +303,7 @@ impl Filesystem for LockFs {
                 found.attr.ino,
                 entry.next_offset,
                 &entry.name,
-                &ENTRY_TTL,
+                &entry_ttl(),
                 &found.attr,
                 Generation(found.inode.generation),
             )

@@ -138,10 +138,11 @@ impl Gate {
         core: Arc<Overlay>,
         policy: Policy,
         user_excluded: Option<ExcludeFn>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> std::io::Result<Arc<Gate>> {
         let gate = Arc::new(Gate {
             core: core.clone(),
-            driver: Driver::start(policy)?,
+            driver: Driver::start_in_cluster(policy, cluster)?,
             handle_leases: Mutex::new(HashMap::default()),
             retries: Mutex::new(HashMap::default()),
             refused: Mutex::new(HashMap::default()),
@@ -191,6 +192,10 @@ impl Gate {
     /// The command line of a process that held or waited for a lease.
     pub fn command_of(&self, process: ProcessId) -> String {
         self.driver.command_of(process)
+    }
+
+    pub fn cluster_health(&self) -> Option<crate::cluster::ClusterHealth> {
+        self.driver.cluster_health()
     }
 
     /// Revokes the lease on `path` (relative to the mount root) by hand.
@@ -524,6 +529,10 @@ impl Frontend<FileKey> for Gate {
             })
             .map(|written| (written.parent, written.name))
             .collect()
+    }
+
+    fn exists(&self, key: &FileKey) -> bool {
+        self.core.inodes().stat_named(key.0, &key.1).is_some()
     }
 
     fn tick(&self) -> bool {

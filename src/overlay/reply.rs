@@ -2,6 +2,7 @@
 //! the lease gate runs later on another.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fuser::{
@@ -21,8 +22,39 @@ use super::passthrough::{Entry, OpResult, Overlay, Xattr};
 /// behind the mount's back, which lockfs does not support anyway. With 1 s every `stat`
 /// of a file created more than a second ago cost a LOOKUP round trip (the metadata bench
 /// creates for several seconds before it stats); a minute keeps that bound loose but finite.
-pub const ENTRY_TTL: Duration = Duration::from_secs(60);
-pub const ATTR_TTL: Duration = Duration::from_secs(60);
+const ENTRY_TTL: Duration = Duration::from_secs(60);
+const ATTR_TTL: Duration = Duration::from_secs(60);
+
+/// Whether other hosts or other mounts change the directory too (`--etcd`, `--source`):
+/// then the kernel may cache no name, attribute or listing, since a change it did not
+/// see (a file replaced elsewhere, its inode number reused) would leave it serving a
+/// stale size over new bytes.
+static SHARED: AtomicBool = AtomicBool::new(false);
+
+/// Set once, before the session starts.
+pub fn set_shared(shared: bool) {
+    SHARED.store(shared, Ordering::Relaxed);
+}
+
+pub fn is_shared() -> bool {
+    SHARED.load(Ordering::Relaxed)
+}
+
+pub fn entry_ttl() -> Duration {
+    if is_shared() {
+        Duration::ZERO
+    } else {
+        ENTRY_TTL
+    }
+}
+
+fn attr_ttl() -> Duration {
+    if is_shared() {
+        Duration::ZERO
+    } else {
+        ATTR_TTL
+    }
+}
 
 /// Open flags for every file handle. Not FOPEN_NOFLUSH, although FLUSH does nothing in
 /// lockfs: measured, it broke ETXTBSY (pjdfstest open::etxtbsy failed 4 runs in 5: a
@@ -31,7 +63,11 @@ const OPEN_FLAGS: FopenFlags = FopenFlags::empty();
 
 pub fn reply_entry(reply: ReplyEntry, result: OpResult<Entry>) {
     match result {
-        Ok(entry) => reply.entry(&ENTRY_TTL, &entry.attr, Generation(entry.inode.generation)),
+        Ok(entry) => reply.entry(
+            &entry_ttl(),
+            &entry.attr,
+            Generation(entry.inode.generation),
+        ),
         Err(e) => reply.error(e),
     }
 }
@@ -45,7 +81,7 @@ pub fn reply_empty(reply: ReplyEmpty, result: OpResult<()>) {
 
 pub fn reply_attr(reply: ReplyAttr, result: OpResult<fuser::FileAttr>) {
     match result {
-        Ok(attr) => reply.attr(&ATTR_TTL, &attr),
+        Ok(attr) => reply.attr(&attr_ttl(), &attr),
         Err(e) => reply.error(e),
     }
 }
@@ -94,14 +130,21 @@ pub fn reply_create(
     if core.passthrough() {
         match handle.inode.backing_or(|| reply.open_backing(handle.fd())) {
             Ok(id) => {
-                reply.created_passthrough(&ENTRY_TTL, &entry.attr, generation, fh, OPEN_FLAGS, &id);
+                reply.created_passthrough(
+                    &entry_ttl(),
+                    &entry.attr,
+                    generation,
+                    fh,
+                    OPEN_FLAGS,
+                    &id,
+                );
                 *handle.backing.lock() = Some(id);
                 return;
             }
             Err(err) => core.passthrough_refused(&err),
         }
     }
-    reply.created(&ENTRY_TTL, &entry.attr, generation, fh, OPEN_FLAGS);
+    reply.created(&entry_ttl(), &entry.attr, generation, fh, OPEN_FLAGS);
 }
 
 /// A fuser reply that can carry an errno (every reply type can).
