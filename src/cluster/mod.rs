@@ -101,6 +101,11 @@ struct FileState {
     held: bool,
     /// The file's generation key's mod revision when this host last knew it.
     known_generation: Option<i64>,
+    /// Another host waits for the file (seen in its queue).
+    contended: bool,
+    /// This hold has moved the file's generation already: later saves of the same hold
+    /// only check that it still stands.
+    saved: bool,
 }
 
 pub struct Cluster {
@@ -235,7 +240,7 @@ impl Cluster {
             return Ok(None);
         };
         if place == 0 {
-            return self.take(path).map(Some);
+            return self.take(path, line.len() > 1).map(Some);
         }
         let ahead = line[place - 1].key.clone();
         let until = deadline.min(Instant::now() + self.ttl);
@@ -249,7 +254,7 @@ impl Cluster {
     }
 
     /// This host's key stands first: the lease is ours. Reads the file's generation.
-    fn take(&self, path: &str) -> Result<Acquired, EtcdError> {
+    fn take(&self, path: &str, contended: bool) -> Result<Acquired, EtcdError> {
         let (generation, _) = self.etcd.get(&self.generation_key(path))?;
         let now = generation.map(|kv| kv.mod_revision);
         let mut files = self.files.lock();
@@ -257,21 +262,33 @@ impl Cluster {
         let external = now != file.known_generation;
         file.known_generation = now;
         file.held = true;
+        file.saved = false;
+        file.contended |= contended;
         Ok(Acquired { external })
     }
 
+    /// Whether another host waits for `path`, which this host holds.
+    pub fn is_contended(&self, path: &str) -> bool {
+        self.files
+            .lock()
+            .get(path)
+            .is_some_and(|file| file.held && file.contended)
+    }
+
     /// Before a write goes through: succeeds only while this host's queue key stands
-    /// (the transaction compares its create revision), and records the save as the file's
-    /// new cluster generation.
+    /// (the transaction compares its create revision). The first save of a hold also
+    /// moves the file's generation key, which is all a host taking the file next needs
+    /// to know: someone saved since it last held the file.
     pub fn confirm(&self, path: &str) -> Result<(), ClusterError> {
-        let queued = {
+        let (queued, saved) = {
             let files = self.files.lock();
             match files.get(path) {
                 Some(FileState {
                     held: true,
                     queued: Some(revision),
+                    saved,
                     ..
-                }) => *revision,
+                }) => (*revision, *saved),
                 _ => return Err(ClusterError::Lost),
             }
         };
@@ -281,12 +298,19 @@ impl Cluster {
         // waits up to one TTL before it is refused.
         let give_up = Instant::now() + self.ttl;
         let result = loop {
-            let result = self.etcd.put_if_created(
-                &mine,
-                queued,
-                &self.generation_key(path),
-                self.host.as_bytes(),
-            );
+            let result = if saved {
+                self.etcd.get(&mine).map(|(kv, _)| {
+                    kv.is_some_and(|kv| kv.create_revision == queued)
+                        .then_some(0)
+                })
+            } else {
+                self.etcd.put_if_created(
+                    &mine,
+                    queued,
+                    &self.generation_key(path),
+                    self.host.as_bytes(),
+                )
+            };
             match result {
                 Err(EtcdError::Unreachable(_)) if Instant::now() < give_up => {
                     std::thread::sleep(RETRY_PAUSE);
@@ -297,8 +321,11 @@ impl Cluster {
         match result {
             Ok(Some(revision)) => {
                 self.healthy();
-                if let Some(file) = self.files.lock().get_mut(path) {
+                if let Some(file) = self.files.lock().get_mut(path)
+                    && !saved
+                {
                     file.known_generation = Some(revision);
+                    file.saved = true;
                 }
                 Ok(())
             }
@@ -339,6 +366,7 @@ impl Cluster {
             };
             let was = file.queued.take();
             file.held = false;
+            file.contended = false;
             was
         };
         let Some(_) = was else {
@@ -392,6 +420,7 @@ impl Cluster {
             for file in files.values_mut() {
                 file.held = false;
                 file.queued = None;
+                file.contended = false;
             }
             lost
         };

@@ -114,11 +114,13 @@ impl Cluster {
         if Some(session) == *self.session.lock() {
             return;
         }
-        let ours = self
-            .files
-            .lock()
-            .get(&path)
-            .is_some_and(|file| file.held || file.queued.is_some());
+        let ours = match self.files.lock().get_mut(&path) {
+            Some(file) if file.held || file.queued.is_some() => {
+                file.contended = true;
+                true
+            }
+            _ => false,
+        };
         if ours {
             self.emit(ClusterEvent::Contended(path));
         }

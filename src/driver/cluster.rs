@@ -399,6 +399,9 @@ impl<K: Key> Driver<K> {
         for (key, free) in keys.into_iter().zip(free) {
             let wanted_here = state.pending.contains_key(&key);
             let held = state.held.get_mut(&key).expect("listed");
+            if held.contended_since.is_none() && link.cluster.is_contended(&held.name) {
+                held.contended_since = Some(now);
+            }
             if !free || held.entering > 0 {
                 held.idle_since = None;
                 if held.contended_since.is_some() {
