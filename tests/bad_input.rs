@@ -184,6 +184,32 @@ fn bad_options_are_refused_before_anything_is_mounted() {
 }
 
 #[test]
+fn cluster_and_source_mistakes_are_refused_before_anything_is_mounted() {
+    let (_tmp, state) = state_dir();
+    std::fs::write(state.join("keep.json"), "{}").unwrap();
+    std::fs::create_dir(state.join("inner")).unwrap();
+    let inner = state.join("inner");
+    let missing = state.parent().unwrap().join("no-such-backing");
+    let limit = Duration::from_secs(10);
+    for (args, needle) in [
+        (&["--etcd", "https://127.0.0.1:2379"][..], "TLS"),
+        (&["--etcd", "http://127.0.0.1:2379,"][..], "empty URL"),
+        (
+            &["--etcd", "http://127.0.0.1:2379", "--etcd-ttl", "200ms"][..],
+            "at least 1s",
+        ),
+        (&["--etcd-prefix", "/x"][..], "required arguments"),
+        (&["--source", missing.to_str().unwrap()][..], "--source"),
+        (
+            &["--source", inner.to_str().unwrap()][..],
+            "inside one another",
+        ),
+    ] {
+        assert_refused(mount_cmd(&state, args), &state, needle, limit);
+    }
+}
+
+#[test]
 fn no_dev_fuse_gives_one_clear_line_and_mounts_nothing() {
     // A private mount namespace with an empty /dev: the real /dev/fuse is untouched.
     let (_tmp, state) = state_dir();

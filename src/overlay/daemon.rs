@@ -56,11 +56,21 @@ pub struct MountArgs {
     /// ReadWriteMany volume) through etcd: its client URLs, comma-separated
     /// (http://10.0.0.5:2379,http://10.0.0.6:2379). Opens of managed files wait while etcd
     /// cannot be reached, and fail at --max-wait; they never go ahead unprotected.
-    #[arg(long, value_name = "URL,...", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "URL,...",
+        value_delimiter = ',',
+        env = "LOCKFS_ETCD"
+    )]
     pub etcd: Vec<String>,
     /// The etcd key prefix of this directory's leases; every host of the directory must use
     /// the same one [default: /lockfs/ and the name of the directory served]
-    #[arg(long, value_name = "PREFIX", requires = "etcd")]
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        requires = "etcd",
+        env = "LOCKFS_ETCD_PREFIX"
+    )]
     pub etcd_prefix: Option<String>,
     /// How long the files of a host that died or lost etcd stay held before the other
     /// hosts get them (its etcd session's TTL; whole seconds)
@@ -90,6 +100,11 @@ pub fn mount_command(mut args: MountArgs) -> anyhow::Result<ExitCode> {
     }
     if args.etcd.iter().any(|url| url.trim().is_empty()) {
         bail!("--etcd has an empty URL; give client URLs like http://127.0.0.1:2379");
+    }
+    if !args.etcd.is_empty() {
+        crate::cluster::etcd::Etcd::new(&args.etcd, Duration::from_secs(1)).map_err(|e| {
+            anyhow::anyhow!("--etcd: {e}; give client URLs like http://127.0.0.1:2379")
+        })?;
     }
     if let Some(pid_file) = &args.pid_file {
         args.pid_file = Some(checked_side_file(pid_file, &dir, "--pid-file")?);
