@@ -51,9 +51,9 @@ impl Hosts {
     }
 }
 
-/// Runs `per_host` Node writers through each mount at once, CYCLES cycles each; the
+/// Runs `per_host` Node writers through each mount at once, `cycles` cycles each; the
 /// updates kept and the writers that failed.
-fn race_two_hosts(hosts: &Hosts, per_host: usize) -> (u64, Vec<String>) {
+fn race_two_hosts(hosts: &Hosts, per_host: usize, cycles: usize) -> (u64, Vec<String>) {
     let mut children: Vec<(String, Child)> = Vec::new();
     let mut spec = Vec::new();
     for i in 0..per_host {
@@ -66,7 +66,7 @@ fn race_two_hosts(hosts: &Hosts, per_host: usize) -> (u64, Vec<String>) {
                     dir.to_str().unwrap(),
                     "store.json",
                     &id,
-                    &CYCLES.to_string(),
+                    &cycles.to_string(),
                 ],
             );
             spec.push(id.clone());
@@ -86,7 +86,7 @@ fn race_two_hosts(hosts: &Hosts, per_host: usize) -> (u64, Vec<String>) {
             ));
         }
     }
-    let writers: Vec<(&str, usize)> = spec.iter().map(|id| (id.as_str(), CYCLES)).collect();
+    let writers: Vec<(&str, usize)> = spec.iter().map(|id| (id.as_str(), cycles)).collect();
     let counted = count(&hosts.backing.join("store.json"), "json", &writers);
     (counted.present, failed)
 }
@@ -103,7 +103,7 @@ fn two_hosts_with_etcd_keep_every_update_and_without_it_lose_some() {
     let etcd_args = ["--etcd", member.url(), "--linger", "250ms"];
     let _a = hosts.mount(&hosts.a, &etcd_args);
     let _b = hosts.mount(&hosts.b, &etcd_args);
-    let (kept, failed) = race_two_hosts(&hosts, WRITERS_PER_HOST);
+    let (kept, failed) = race_two_hosts(&hosts, WRITERS_PER_HOST, CYCLES);
     assert!(failed.is_empty(), "writers failed through etcd: {failed:?}");
     assert_eq!(kept, expected, "two hosts with --etcd lost updates");
     drop((_a, _b));
@@ -111,7 +111,7 @@ fn two_hosts_with_etcd_keep_every_update_and_without_it_lose_some() {
     let hosts = Hosts::new();
     let _a = hosts.mount(&hosts.a, &[]);
     let _b = hosts.mount(&hosts.b, &[]);
-    let (kept, _) = race_two_hosts(&hosts, WRITERS_PER_HOST);
+    let (kept, _) = race_two_hosts(&hosts, WRITERS_PER_HOST, CYCLES);
     eprintln!("without --etcd: {kept} of {expected} kept");
     assert!(
         kept < expected,
@@ -238,14 +238,24 @@ fn a_three_member_etcd_cluster_survives_the_loss_of_one_member() {
     let args = ["--etcd", urls.as_str(), "--linger", "250ms"];
     let _a = hosts.mount(&hosts.a, &args);
     let _b = hosts.mount(&hosts.b, &args);
-    let expected = (2 * 2 * CYCLES) as u64;
+    let cycles = 3 * CYCLES;
+    let expected = (2 * 2 * cycles) as u64;
+    let started = Instant::now();
+    // The leader: its loss stalls every request until a new one is elected.
     let killer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(500));
-        cluster.kill(0);
-        cluster
+        std::thread::sleep(Duration::from_millis(300));
+        let leader = cluster.leader(Duration::from_secs(5)).unwrap_or(0);
+        cluster.kill(leader);
+        (cluster, started.elapsed())
     });
-    let (kept, failed) = race_two_hosts(&hosts, 2);
-    let _cluster = killer.join().unwrap();
+    let (kept, failed) = race_two_hosts(&hosts, 2, cycles);
+    let writers_took = started.elapsed();
+    let (_cluster, killed_at) = killer.join().unwrap();
+    assert!(
+        killed_at < writers_took,
+        "the member died after the writers were done ({killed_at:?} >= {writers_took:?}): \
+         nothing was tested"
+    );
     assert!(
         failed.is_empty(),
         "writers failed after an etcd member died: {failed:?}"

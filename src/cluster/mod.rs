@@ -295,7 +295,7 @@ impl Cluster {
         let session = (*self.session.lock()).ok_or(ClusterError::Lost)?;
         let mine = self.queue_key(path, session);
         // etcd may be electing a leader: the session outlives that by design, so the save
-        // waits up to one TTL before it is refused.
+        // tries again for up to one TTL before it is refused.
         let give_up = Instant::now() + self.ttl;
         let result = loop {
             let result = if saved {
@@ -312,9 +312,8 @@ impl Cluster {
                 )
             };
             match result {
-                Err(EtcdError::Unreachable(_)) if Instant::now() < give_up => {
-                    std::thread::sleep(RETRY_PAUSE);
-                }
+                // Unreachable, or "leader changed" while a member is replaced: retried.
+                Err(_) if Instant::now() < give_up => std::thread::sleep(RETRY_PAUSE),
                 other => break other,
             }
         };

@@ -243,14 +243,24 @@ impl<K: Key> Driver<K> {
         }
         match result {
             Ok(acquired) => {
-                state.held.insert(key.clone(), held_now(name.clone(), now));
+                // Counted as entering until the engine has each of them: the sweep must
+                // not give the file back before they get there.
+                let mut held = held_now(name.clone(), now);
+                held.entering = pending.requests.len() as u32;
+                state.held.insert(key.clone(), held);
                 drop(state);
                 if acquired.external {
                     tracing::debug!(path = %name, "another host saved this file: older local views are fenced");
                     self.engine.lock().external_commit(&key);
                 }
                 for waiting in pending.requests {
-                    self.request(key.clone(), waiting.asker, waiting.ask, waiting.run);
+                    let run = if waiting.ask.intent == Intent::Read {
+                        waiting.run
+                    } else {
+                        let process = waiting.asker.process;
+                        self.confirm_first(key.clone(), name.clone(), process, waiting.run)
+                    };
+                    self.request_engine(key.clone(), waiting.asker, waiting.ask, run, true);
                 }
             }
             Err(e) => {

@@ -250,10 +250,25 @@ impl<K: Key> Driver<K> {
     pub fn request(&self, key: K, asker: Asker, ask: Ask, run: Continuation) -> Option<WaitId> {
         let process = asker.process;
         self.watch(process);
-        let (run, counted) = match self.through_cluster(&key, asker, ask, run) {
-            self::cluster::Step::Engine { run, counted } => (run, counted),
-            self::cluster::Step::Parked(wait) => return Some(wait),
-        };
+        match self.through_cluster(&key, asker, ask, run) {
+            self::cluster::Step::Engine { run, counted } => {
+                self.request_engine(key, asker, ask, run, counted)
+            }
+            self::cluster::Step::Parked(wait) => Some(wait),
+        }
+    }
+
+    /// The engine's part of [`Driver::request`]; `counted` when the cluster step counted
+    /// the request as entering (see [`Driver::entered_engine`]).
+    fn request_engine(
+        &self,
+        key: K,
+        asker: Asker,
+        ask: Ask,
+        run: Continuation,
+        counted: bool,
+    ) -> Option<WaitId> {
+        let process = asker.process;
         // A holder that exited before its exit was reported (the exit watch runs on its
         // own thread) is found here, so its cycle has passed on (to its parent, say)
         // before this request is judged: a shell's `mv` must not be judged while the
