@@ -383,6 +383,11 @@ impl<K: Key> Driver<K> {
             })
             .collect();
         drop(state);
+        // Whatever is left of this host's place in line goes too (a no-op once the session
+        // expired): another host must not wait for a hold this host gave up.
+        for name in names {
+            link.cluster.release(name, false);
+        }
         let mut engine = self.engine.lock();
         for key in &keys {
             engine.external_commit(key);
