@@ -164,6 +164,26 @@ fn s9_hung_holder_is_revoked_and_its_late_commit_is_fenced() {
 }
 
 #[test]
+fn a_save_in_place_built_on_finding_the_file_missing_is_refused_once_it_exists() {
+    let (_tmp, state) = state_dir();
+    let _mount = MountGuard::mount(&state, &[]);
+    let store = state.join("store.json");
+    // keyv-file's first cycle: load (the file is not there), then writeFile in place.
+    let mut late = Cycle::start(&store, &["try:read", "pause", "inplace:{\"late\":1}"]);
+    late.expect_line("read ENOENT", STEP);
+    late.expect_line("pause ok", STEP);
+    let mut first = Cycle::start(&store, &["blind:{\"first\":1}"]);
+    first.expect_line("blind ok", STEP);
+    late.resume();
+    let line = late.expect_line("inplace", STEP);
+    assert!(
+        line.starts_with("inplace ESTALE"),
+        "a save built on an absence wrote over the file created since: {line}"
+    );
+    assert_eq!(std::fs::read_to_string(&store).unwrap(), "{\"first\":1}");
+}
+
+#[test]
 fn s12_waiter_killed_while_queued_dies_promptly_and_the_queue_moves_on() {
     let (_tmp, state, _mount) = mounted(&["--max-hold", "30s"]);
     let store = state.join("store.json");

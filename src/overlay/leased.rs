@@ -91,7 +91,10 @@ impl Leased {
             key,
             intent,
             locked: false,
-            replaces: false,
+            // A save in place is judged like a rename onto the name: one that rests on
+            // having found the file missing (keyv-file's first load, then writeFile) is
+            // refused once someone else created the file, instead of writing over it.
+            replaces: intent == Intent::Write,
         };
         self.with_lease(ask, reply, move |core, gate, held, reply| {
             // A retried read whose name was replaced again meanwhile (a blind save went

@@ -12,6 +12,7 @@ TIME being time.time()):
   unlinktemp    remove STORE.<pid>.tmp
   rename        rename STORE.<pid>.tmp onto STORE
   blind:TEXT    temp:TEXT then rename, without reading first
+  inplace:TEXT  write TEXT over STORE in place (O_WRONLY | O_TRUNC, no O_CREAT)
   pause         print "pause ok", then wait for a line on stdin
   sleep:SECS    sleep
   pid           print "pid PID"
@@ -72,6 +73,12 @@ for step in sys.argv[2:]:
         elif name == "blind":
             write_file(tmp, arg.encode())
             os.rename(tmp, store)
+        elif name == "inplace":
+            fd = os.open(store, os.O_WRONLY | os.O_TRUNC)
+            try:
+                os.write(fd, arg.encode())
+            finally:
+                os.close(fd)
         elif name == "pause":
             say("pause ok")
             sys.stdin.readline()
