@@ -16,6 +16,21 @@ use etcd::{EtcdCluster, EtcdMember};
 
 const WRITERS_PER_HOST: usize = 4;
 const CYCLES: usize = 40;
+/// A first linger longer than the default for the races: 8 Node writers, etcd and two
+/// daemons share two cores here, and a writer's first cycles (lazy compilation, a cold
+/// start in CI) can take longer than 100 ms from read to save. A save that late is
+/// refused once another host has taken the file (the same rule as on one host).
+const LINGER: &str = "500ms";
+
+/// One test of this file at a time: two of them at once put over a dozen writers, four
+/// etcd members and four daemons on two cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// A backing directory with an empty store, and two mount points beside it.
 struct Hosts {
@@ -93,14 +108,12 @@ fn race_two_hosts(hosts: &Hosts, per_host: usize, cycles: usize) -> (u64, Vec<St
 
 #[test]
 fn two_hosts_with_etcd_keep_every_update_and_without_it_lose_some() {
+    let _serial = one_at_a_time();
     let member = EtcdMember::start();
     let expected = (2 * WRITERS_PER_HOST * CYCLES) as u64;
 
     let hosts = Hosts::new();
-    // A longer first linger than the default: 8 Node writers, etcd and two daemons share
-    // two cores here, and a writer's first cycle (lazy compilation) can take longer
-    // than 100 ms from read to save.
-    let etcd_args = ["--etcd", member.url(), "--linger", "250ms"];
+    let etcd_args = ["--etcd", member.url(), "--linger", LINGER];
     let _a = hosts.mount(&hosts.a, &etcd_args);
     let _b = hosts.mount(&hosts.b, &etcd_args);
     let (kept, failed) = race_two_hosts(&hosts, WRITERS_PER_HOST, CYCLES);
@@ -122,6 +135,7 @@ fn two_hosts_with_etcd_keep_every_update_and_without_it_lose_some() {
 
 #[test]
 fn etcd_unreachable_fails_closed_and_status_says_why() {
+    let _serial = one_at_a_time();
     let hosts = Hosts::new();
     // Nothing listens on port 9 of loopback (discard is not run here).
     let _a = hosts.mount(
@@ -169,6 +183,7 @@ fn signal(pid: u32, signal: i32) {
 
 #[test]
 fn a_stalled_host_loses_its_files_after_the_ttl_and_its_late_save_is_fenced() {
+    let _serial = one_at_a_time();
     let member = EtcdMember::start();
     let hosts = Hosts::new();
     let args = ["--etcd", member.url(), "--etcd-ttl", "2s"];
@@ -212,6 +227,7 @@ fn a_stalled_host_loses_its_files_after_the_ttl_and_its_late_save_is_fenced() {
 
 #[test]
 fn a_dead_host_leaves_its_files_to_the_others_after_the_ttl() {
+    let _serial = one_at_a_time();
     let member = EtcdMember::start();
     let hosts = Hosts::new();
     let args = ["--etcd", member.url(), "--etcd-ttl", "2s"];
@@ -232,10 +248,11 @@ fn a_dead_host_leaves_its_files_to_the_others_after_the_ttl() {
 
 #[test]
 fn a_three_member_etcd_cluster_survives_the_loss_of_one_member() {
+    let _serial = one_at_a_time();
     let mut cluster = EtcdCluster::start3();
     let urls = cluster.urls().join(",");
     let hosts = Hosts::new();
-    let args = ["--etcd", urls.as_str(), "--linger", "250ms"];
+    let args = ["--etcd", urls.as_str(), "--linger", LINGER];
     let _a = hosts.mount(&hosts.a, &args);
     let _b = hosts.mount(&hosts.b, &args);
     let cycles = 3 * CYCLES;

@@ -395,9 +395,23 @@ impl Cluster {
             return Ok(id);
         }
         let id = self.etcd.lease_grant(self.ttl.as_secs().max(1) as i64)?;
+        // A key that lives exactly as long as the session: what tells an expired session
+        // from a keep-alive answered without a TTL while etcd changes leaders.
+        self.etcd
+            .put(&self.session_key(id), self.host.as_bytes(), id)?;
         tracing::info!(session = format!("{id:x}"), host = %self.host, "etcd session started");
         *session = Some(id);
         Ok(id)
+    }
+
+    fn session_key(&self, id: i64) -> Vec<u8> {
+        format!("{}/s/{id:016x}", self.prefix).into_bytes()
+    }
+
+    /// Whether session `id` still exists: its key does. None when etcd cannot tell now.
+    fn session_alive(&self, id: i64) -> Option<bool> {
+        let (kv, _) = self.etcd.get(&self.session_key(id)).ok()?;
+        Some(kv.is_some_and(|kv| kv.lease == id))
     }
 
     /// The session expired: every cluster lease of this host is gone.

@@ -44,7 +44,13 @@ fn keep_alive(cluster: Weak<Cluster>) {
         let session = *this.session.lock();
         if let Some(id) = session {
             match this.etcd.lease_keepalive(id) {
-                Ok(0) => this.session_lost(id),
+                // Expired, or answered without a TTL during a leader change: the
+                // session's own key tells which.
+                Ok(0) => match this.session_alive(id) {
+                    Some(false) => this.session_lost(id),
+                    Some(true) => this.healthy(),
+                    None => {}
+                },
                 Ok(_) => this.healthy(),
                 Err(e) => this.unhealthy(&e),
             }

@@ -229,6 +229,14 @@ impl<K: Key> Driver<K> {
         let Some(link) = self.cluster.as_ref() else {
             return;
         };
+        // Before the file counts as held: a request let through in between would be
+        // granted the generation from before the other host's save.
+        if let Ok(acquired) = &result
+            && acquired.external
+        {
+            tracing::debug!(path = %name, "another host saved this file: older local views are fenced");
+            self.engine.lock().external_commit(&key);
+        }
         let now = self.now();
         let mut state = link.state.lock();
         let Some(mut pending) = state.pending.remove(&key) else {
@@ -242,17 +250,13 @@ impl<K: Key> Driver<K> {
             state.ids.remove(&waiting.id);
         }
         match result {
-            Ok(acquired) => {
+            Ok(_) => {
                 // Counted as entering until the engine has each of them: the sweep must
                 // not give the file back before they get there.
                 let mut held = held_now(name.clone(), now);
                 held.entering = pending.requests.len() as u32;
                 state.held.insert(key.clone(), held);
                 drop(state);
-                if acquired.external {
-                    tracing::debug!(path = %name, "another host saved this file: older local views are fenced");
-                    self.engine.lock().external_commit(&key);
-                }
                 for waiting in pending.requests {
                     let run = if waiting.ask.intent == Intent::Read {
                         waiting.run

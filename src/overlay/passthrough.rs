@@ -154,9 +154,33 @@ impl Overlay {
     pub fn getattr(&self, nodeid: u64, fh: Option<u64>) -> OpResult<FileAttr> {
         let st = match fh.and_then(|fh| self.handles.file(fh)) {
             Some(handle) => sys::fstat(handle.fd()),
-            None => sys::fstat(self.node_fd(nodeid)?.as_fd()),
+            None => match self.node_fd(nodeid) {
+                Ok(fd) => sys::fstat(fd.as_fd()),
+                Err(Errno::ESTALE) if super::reply::is_shared() => {
+                    return self.attr_of_replaced(nodeid);
+                }
+                Err(e) => return Err(e),
+            },
         }
         .map_err(errno)?;
+        Ok(to_file_attr(nodeid, &st))
+    }
+
+    /// The attributes of what is at a replaced inode's name now. Only where another mount
+    /// or host changes the directory (`--etcd`, `--source`): the kernel checks an open's
+    /// permissions with a GETATTR of the inode it last looked up, and an ESTALE there
+    /// spent the one retry the kernel gives an open, which the open needs once it has
+    /// waited for the other host (the name is looked up again then).
+    fn attr_of_replaced(&self, nodeid: u64) -> OpResult<FileAttr> {
+        let inode = self.inode(nodeid)?;
+        let named = inode.named_at().ok_or(Errno::ESTALE)?;
+        let st = self
+            .inodes
+            .stat_named(named.parent, &named.name)
+            .ok_or(Errno::ESTALE)?;
+        if st.st_mode & libc::S_IFMT != inode.file_type {
+            return Err(Errno::ESTALE);
+        }
         Ok(to_file_attr(nodeid, &st))
     }
 
