@@ -5,11 +5,13 @@
 //! processes use the file. In etcd a file is a queue (the etcd lock recipe):
 //!
 //! ```text
-//! <prefix>/q/<path>\0<session>   one key per host that holds or wants the file, attached
-//!                                to that host's session lease; the lowest create revision
-//!                                holds, each other host watches the key just ahead of its own
-//! <prefix>/g/<path>              written at every save: its mod revision is the file's
-//!                                cluster-wide generation
+//! <prefix>/q/<path>\0<session>.<n>  one key per host that holds or wants the file, attached
+//!                                   to that host's session lease (a new <n> each time in
+//!                                   line); the lowest create revision holds, each other
+//!                                   host watches the key just ahead of its own
+//! <prefix>/g/<path>                 written at the first save of each hold: its mod
+//!                                   revision is the file's cluster-wide generation
+//! <prefix>/s/<session>              lives as long as the host's session
 //! ```
 //!
 //! # Invariants
@@ -25,7 +27,7 @@
 pub mod etcd;
 mod session;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -98,6 +100,9 @@ pub struct ClusterHealth {
 struct FileState {
     /// The create revision of this host's queue key, while it has one.
     queued: Option<i64>,
+    /// Which of this host's queue keys for the file that is: each wait in line puts a
+    /// key of its own, so that deleting the last one can never delete the next.
+    place: u64,
     held: bool,
     /// The file's generation key's mod revision when this host last knew it.
     known_generation: Option<i64>,
@@ -121,6 +126,8 @@ pub struct Cluster {
     leftovers: Mutex<Vec<Vec<u8>>>,
     events: OnceLock<Box<dyn Fn(ClusterEvent) + Send + Sync>>,
     stopped: AtomicBool,
+    /// Numbers this host's queue keys (see `FileState::place`).
+    places: AtomicU64,
 }
 
 impl Cluster {
@@ -145,6 +152,7 @@ impl Cluster {
             leftovers: Mutex::new(Vec::new()),
             events: OnceLock::new(),
             stopped: AtomicBool::new(false),
+            places: AtomicU64::new(0),
         });
         if let Err(e) = cluster.session() {
             tracing::warn!("etcd: {e}; managed files wait until it answers");
@@ -219,16 +227,24 @@ impl Cluster {
             return Ok(Some(Acquired { external: false }));
         }
         let session = self.session()?;
-        let mine = self.queue_key(path, session);
-        let queued = self.files.lock().get(path).and_then(|file| file.queued);
-        if queued.is_none() {
-            let revision = self.etcd.put(&mine, self.host.as_bytes(), session)?;
-            self.files
-                .lock()
-                .entry(path.to_string())
-                .or_default()
-                .queued = Some(revision);
-        }
+        let queued = self
+            .files
+            .lock()
+            .get(path)
+            .and_then(|file| file.queued.map(|_| file.place));
+        let mine = match queued {
+            Some(place) => self.queue_key(path, session, place),
+            None => {
+                let place = self.places.fetch_add(1, Ordering::Relaxed);
+                let mine = self.queue_key(path, session, place);
+                let revision = self.etcd.put(&mine, self.host.as_bytes(), session)?;
+                let mut files = self.files.lock();
+                let file = files.entry(path.to_string()).or_default();
+                file.queued = Some(revision);
+                file.place = place;
+                mine
+            }
+        };
         let (line, read_at) = self.etcd.range_prefix(&self.queue_prefix(path))?;
         let Some(place) = line.iter().position(|kv| kv.key == mine) else {
             // Our key is gone: the session expired under us. Queue again.
@@ -239,6 +255,13 @@ impl Cluster {
                 .queued = None;
             return Ok(None);
         };
+        // The key's own create revision (a put over a key that outlived a failed delete
+        // keeps the old one), which every confirmation compares against.
+        self.files
+            .lock()
+            .entry(path.to_string())
+            .or_default()
+            .queued = Some(line[place].create_revision);
         if place == 0 {
             return self.take(path, line.len() > 1).map(Some);
         }
@@ -280,20 +303,21 @@ impl Cluster {
     /// moves the file's generation key, which is all a host taking the file next needs
     /// to know: someone saved since it last held the file.
     pub fn confirm(&self, path: &str) -> Result<(), ClusterError> {
-        let (queued, saved) = {
+        let (queued, place, saved) = {
             let files = self.files.lock();
             match files.get(path) {
                 Some(FileState {
                     held: true,
                     queued: Some(revision),
+                    place,
                     saved,
                     ..
-                }) => (*revision, *saved),
+                }) => (*revision, *place, *saved),
                 _ => return Err(ClusterError::Lost),
             }
         };
         let session = (*self.session.lock()).ok_or(ClusterError::Lost)?;
-        let mine = self.queue_key(path, session);
+        let mine = self.queue_key(path, session, place);
         // etcd may be electing a leader: the session outlives that by design, so the save
         // tries again for up to one TTL before it is refused.
         let give_up = Instant::now() + self.ttl;
@@ -363,18 +387,18 @@ impl Cluster {
             let Some(file) = files.get_mut(path) else {
                 return;
             };
-            let was = file.queued.take();
+            let was = file.queued.take().map(|_| file.place);
             file.held = false;
             file.contended = false;
             was
         };
-        let Some(_) = was else {
+        let Some(place) = was else {
             return;
         };
         let Some(session) = *self.session.lock() else {
             return;
         };
-        let mine = self.queue_key(path, session);
+        let mine = self.queue_key(path, session, place);
         if let Err(e) = self.etcd.delete(&mine) {
             self.unhealthy(&e);
             self.leftovers.lock().push(mine);
@@ -478,9 +502,9 @@ impl Cluster {
         key
     }
 
-    fn queue_key(&self, path: &str, session: i64) -> Vec<u8> {
+    fn queue_key(&self, path: &str, session: i64, place: u64) -> Vec<u8> {
         let mut key = self.queue_prefix(path);
-        key.extend_from_slice(format!("{session:016x}").as_bytes());
+        key.extend_from_slice(format!("{session:016x}.{place:x}").as_bytes());
         key
     }
 
@@ -493,8 +517,9 @@ impl Cluster {
         let rest = key.strip_prefix(self.queue_root().as_slice())?;
         let split = rest.iter().rposition(|&b| b == 0)?;
         let path = String::from_utf8(rest[..split].to_vec()).ok()?;
-        let session =
-            i64::from_str_radix(std::str::from_utf8(&rest[split + 1..]).ok()?, 16).ok()?;
+        let tail = std::str::from_utf8(&rest[split + 1..]).ok()?;
+        let session = tail.split('.').next()?;
+        let session = i64::from_str_radix(session, 16).ok()?;
         Some((path, session))
     }
 }
