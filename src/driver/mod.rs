@@ -10,6 +10,9 @@
 //! - `engine` is taken before `parked` (a request is parked under the engine lock, so that
 //!   its grant, which may come from another thread, finds it); never the other way round.
 //! - `orphans` is a leaf, like the process caches.
+//! - The cluster step's state ([`cluster`]) may be held while the engine is taken (its
+//!   sweep asks which files are free), never the other way round, and never across an
+//!   etcd request.
 //! - The process caches in [`processes`] are leaves: held for one map access, with no
 //!   other lock taken inside and no /proc read under them.
 //! - No lock of the driver is held while /proc is read, while a front end's hook runs, or
