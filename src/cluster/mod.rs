@@ -53,8 +53,9 @@ pub struct ClusterConfig {
 /// What happened to this host's cluster leases, for the driver.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ClusterEvent {
-    /// Another host waits for this file.
-    Contended(String),
+    /// Another host waits for a file this host holds or waits for (the cluster records
+    /// which: [`Cluster::is_contended`]).
+    Contended,
     /// The session expired: these files' cluster leases are gone.
     Lost(Vec<String>),
 }

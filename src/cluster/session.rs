@@ -128,7 +128,7 @@ impl Cluster {
             _ => false,
         };
         if ours {
-            self.emit(ClusterEvent::Contended(path));
+            self.emit(ClusterEvent::Contended);
         }
     }
 }

@@ -53,6 +53,18 @@ struct Pending {
     requests: VecDeque<Waiting>,
 }
 
+impl Pending {
+    /// Marks an acquisition as started for these requests, unless one runs already; the
+    /// deadline it has (the earliest of theirs).
+    fn claim(&mut self) -> Option<Duration> {
+        let deadline = self.requests.iter().map(|waiting| waiting.deadline).min()?;
+        (!self.acquiring).then(|| {
+            self.acquiring = true;
+            deadline
+        })
+    }
+}
+
 struct Waiting {
     id: WaitId,
     asker: Asker,
@@ -135,11 +147,7 @@ impl<K: Key> Driver<K> {
         };
         if let Some(name) = name {
             drop(state);
-            let run = if ask.intent == Intent::Read {
-                run
-            } else {
-                self.confirm_first(key.clone(), name, asker.process, run)
-            };
+            let run = self.confirmed_if_write(key, name, asker.process, &ask, run);
             return Step::Engine { run, counted: true };
         }
         state.next_id += 1;
@@ -258,13 +266,15 @@ impl<K: Key> Driver<K> {
                 state.held.insert(key.clone(), held);
                 drop(state);
                 for waiting in pending.requests {
-                    let run = if waiting.ask.intent == Intent::Read {
-                        waiting.run
-                    } else {
-                        let process = waiting.asker.process;
-                        self.confirm_first(key.clone(), name.clone(), process, waiting.run)
-                    };
-                    self.request_engine(key.clone(), waiting.asker, waiting.ask, run, true);
+                    let (asker, ask) = (waiting.asker, waiting.ask);
+                    let run = self.confirmed_if_write(
+                        &key,
+                        name.clone(),
+                        asker.process,
+                        &ask,
+                        waiting.run,
+                    );
+                    self.request_engine(key.clone(), asker, ask, run, true);
                 }
             }
             Err(e) => {
@@ -293,6 +303,23 @@ impl<K: Key> Driver<K> {
                     self.start_acquiring(key, next);
                 }
             }
+        }
+    }
+
+    /// The continuation of a request on a file this host holds: a write's runs only once
+    /// etcd confirms the hold (see [`Driver::confirm_first`]); a read's as it is.
+    fn confirmed_if_write(
+        &self,
+        key: &K,
+        name: String,
+        process: ProcessId,
+        ask: &Ask,
+        run: Continuation,
+    ) -> Continuation {
+        if ask.intent == Intent::Read {
+            run
+        } else {
+            self.confirm_first(key.clone(), name, process, run)
         }
     }
 
@@ -339,18 +366,8 @@ impl<K: Key> Driver<K> {
     /// What the cluster reports: another host waits, or this host's leases are gone.
     pub(super) fn cluster_event(&self, event: ClusterEvent) {
         match event {
-            ClusterEvent::Contended(name) => {
-                let Some(link) = self.cluster.as_ref() else {
-                    return;
-                };
-                let now = self.now();
-                let mut state = link.state.lock();
-                for held in state.held.values_mut().filter(|held| held.name == name) {
-                    held.contended_since.get_or_insert(now);
-                }
-                drop(state);
-                self.timer.due_at(now);
-            }
+            // The sweep reads which files are contended from the cluster itself.
+            ClusterEvent::Contended => self.timer.due_at(self.now()),
             ClusterEvent::Lost(names) => self.cluster_lost(&names),
         }
     }
@@ -373,18 +390,7 @@ impl<K: Key> Driver<K> {
         }
         let restart: Vec<(K, Duration)> = keys
             .iter()
-            .filter_map(|key| {
-                let pending = state.pending.get_mut(key)?;
-                let deadline = pending
-                    .requests
-                    .iter()
-                    .map(|waiting| waiting.deadline)
-                    .min()?;
-                (!pending.acquiring).then(|| {
-                    pending.acquiring = true;
-                    (key.clone(), deadline)
-                })
-            })
+            .filter_map(|key| Some((key.clone(), state.pending.get_mut(key)?.claim()?)))
             .collect();
         drop(state);
         // Whatever is left of this host's place in line goes too (a no-op once the session
@@ -438,16 +444,10 @@ impl<K: Key> Driver<K> {
                 next = Some(next.map_or(due, |n: Duration| n.min(due)));
             }
         }
-        let mut restart = Vec::new();
-        for (key, _) in &release {
-            if let Some(pending) = state.pending.get_mut(key)
-                && !pending.acquiring
-                && let Some(deadline) = pending.requests.iter().map(|w| w.deadline).min()
-            {
-                pending.acquiring = true;
-                restart.push((key.clone(), deadline));
-            }
-        }
+        let restart: Vec<(K, Duration)> = release
+            .iter()
+            .filter_map(|(key, _)| Some((key.clone(), state.pending.get_mut(key)?.claim()?)))
+            .collect();
         let dying: Vec<WaitId> = state
             .pending
             .values()
