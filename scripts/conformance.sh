@@ -56,6 +56,25 @@ entries = [
 ]
 TOML
 
+# Judges a stress-ng run: $1 label, $2 log, $3 exit status. Exit 7 alone ("bogo-op
+# metrics may be untrustworthy": a stressor was stopped at the timeout inside a counter
+# update, seen once in CI with both conformance tests running on two cores) says nothing
+# about the file system, so it passes when no stressor reported a failure; any other
+# non-zero status fails, with the lines that say why.
+judge_stress_ng() {
+  local why
+  why=$(grep -E 'fail|error|WARNING|skipp|untrustworthy|no resource' "$2" | head -20 || true)
+  if [ "$3" -eq 0 ] || { [ "$3" -eq 7 ] && ! grep -q 'fail:' "$2"; }; then
+    echo "$1: clean${why:+ (exit $3; stress-ng said:)}"
+    [ -n "$why" ] && sed 's/^/    /' <<<"$why"
+    return 0
+  fi
+  echo "$1 FAILED (stress-ng exit $3):"
+  [ -n "$why" ] && sed 's/^/    /' <<<"$why"
+  tail -30 "$2"
+  return 1
+}
+
 # "name status" lines of a pjdfstest run in directory $1.
 run_pjdfstest() {
   (cd "$1" && pjdfstest -c "$WORK/pjdfstest.toml" -p "$1" > "$2" 2>&1) || true
@@ -68,7 +87,7 @@ native_passed=$(grep -c ' ok$' "$WORK/native.txt" || true)
 echo "pjdfstest native: $native_passed passed"
 [ "$native_passed" -gt 300 ] || { echo "native run looks broken:"; tail -20 "$WORK/native.log"; exit 1; }
 
-status=0
+failed=()
 for mode in passthrough no-passthrough; do
   mkdir -p "$MNT"
   args=(--allow-other --log-file "$WORK/daemon-$mode.log")
@@ -97,7 +116,7 @@ for mode in passthrough no-passthrough; do
     else
       echo "  REGRESSION: $name passes natively, through lockfs: ${got:-missing}"
       grep -A3 "^$name " "$WORK/mount-$mode.log" | sed 's/^/    /' || true
-      status=1
+      failed+=("pjdfstest $name ($mode)")
     fi
   done < <(grep ' ok$' "$WORK/native.txt")
 
@@ -106,26 +125,28 @@ for mode in passthrough no-passthrough; do
   else
     echo "fsx through lockfs ($mode) FAILED:"
     tail -30 "$WORK/fsx-$mode.log"
-    status=1
+    failed+=("fsx ($mode)")
   fi
   if command -v stress-ng >/dev/null; then
     mkdir -p "$MNT/stress"
-    if stress-ng --temp-path "$MNT/stress" --rename 2 --link 2 --flock 2 --lockf 2 \
+    rc=0
+    stress-ng --temp-path "$MNT/stress" --rename 2 --link 2 --flock 2 --lockf 2 \
         --iomix 1 --dentry 2 --verify --timeout "${STRESS_SECS:-60}s" --metrics-brief \
-        > "$WORK/stress-$mode.log" 2>&1; then
-      echo "stress-ng through lockfs ($mode): clean"
-    else
-      echo "stress-ng through lockfs ($mode) FAILED:"
-      tail -30 "$WORK/stress-$mode.log"
-      status=1
-    fi
+        > "$WORK/stress-$mode.log" 2>&1 || rc=$?
+    judge_stress_ng "stress-ng through lockfs ($mode)" "$WORK/stress-$mode.log" "$rc" \
+      || failed+=("stress-ng ($mode)")
     rm -rf "$MNT/stress"
   else
     echo "stress-ng missing (scripts/setup.sh installs it)"
-    status=1
+    failed+=("stress-ng missing")
   fi
   "$LOCKFS" unmount "$MNT"
 done
 
-[ "$status" -eq 0 ] && echo "conformance: OK" || echo "conformance: FAILED"
-exit "$status"
+if [ "${#failed[@]}" -eq 0 ]; then
+  echo "conformance: OK"
+else
+  # Repeated last, so that the tail of a long CI log names what failed.
+  echo "conformance: FAILED: ${failed[*]}"
+  exit 1
+fi

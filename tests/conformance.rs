@@ -63,9 +63,13 @@ fn stress_ng_through_the_mount_is_clean() {
             String::from_utf8_lossy(&out.stderr)
         );
         eprintln!("stress-ng {args:?}:\n{text}");
+        // Exit 7 alone means a stressor was stopped at the timeout inside a bogo-op
+        // counter update: its metrics are untrustworthy, the file system is not at fault.
+        let metrics_only = out.status.code() == Some(7) && !text.contains("fail:");
         assert!(
-            out.status.success(),
-            "stress-ng failed through the mount {args:?}:\n{text}"
+            out.status.success() || metrics_only,
+            "stress-ng failed through the mount {args:?} ({}):\n{text}",
+            out.status
         );
         assert!(
             !text.contains("fail:"),
