@@ -100,3 +100,43 @@ fn doctor_reports_a_dead_mount_and_the_command_that_clears_it() {
     );
     assert!(mount.unmount().status.success());
 }
+
+/// A Node writer with a fresh temp name per cycle: once it is done, the engine remembers
+/// the store and next to nothing else (`counters.files_remembered`). It kept one record per
+/// temp name ever renamed into place (about 1.5 KB each), without bound.
+#[test]
+fn fresh_temp_names_are_not_remembered_after_their_cycles() {
+    if !common::proxy_daemon::node_available() {
+        println!("skipped: node is not installed");
+        return;
+    }
+    let (_tmp, state) = state_dir();
+    std::fs::write(state.join("store.json"), "{}").unwrap();
+    let _mount = MountGuard::mount(&state, &[]);
+    let writer = common::writers::repo_root().join("scripts/bench-tools/cycle.js");
+    let output = Command::new("node")
+        .arg(&writer)
+        .args([state.to_str().unwrap(), "store.json", "w", "300"])
+        .output()
+        .expect("run node");
+    assert!(
+        output.status.success(),
+        "cycle.js failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status = status_json(&state);
+    let committed = status["counters"]["cycles_committed"].as_u64().unwrap_or(0);
+    assert!(
+        committed >= 300,
+        "300 cycles, {committed} commits: {status}"
+    );
+    let mut remembered = serde_json::Value::Null;
+    let forgotten = wait_until(Duration::from_secs(10), || {
+        remembered = status_json(&state)["counters"]["files_remembered"].clone();
+        remembered.as_u64().is_some_and(|files| files <= 3)
+    });
+    assert!(
+        forgotten,
+        "files remembered after 300 temp names: {remembered}"
+    );
+}

@@ -225,7 +225,7 @@ impl<K: Key> Driver<K> {
     /// Leases, queues and counters as they stand.
     pub fn status(&self) -> (Vec<LeaseView<K>>, Counters) {
         let engine = self.engine.lock();
-        (engine.snapshot(self.now()), engine.counters().clone())
+        (engine.snapshot(self.now()), engine.counters())
     }
 
     /// The file's generation: how many commits it has seen.

@@ -334,8 +334,13 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         &self.policy
     }
 
-    pub fn counters(&self) -> &Counters {
-        &self.counters
+    /// The counters, with the gauges of what the engine remembers.
+    pub fn counters(&self) -> Counters {
+        Counters {
+            files_remembered: self.entries.len() as u64,
+            views_remembered: self.seen.len() as u64,
+            ..self.counters.clone()
+        }
     }
 
     /// The file's generation: how many commits it has seen since the engine started.
@@ -469,6 +474,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         }
         if free {
             if ask.intent == Intent::Write {
+                self.consume_absence(key, holder, &ask);
                 self.teach_late_save(now, key, holder);
             }
             return Admission::Granted(self.start_lease(now, key, holder, ask.intent));
@@ -483,6 +489,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         // to finish its own cycle. It goes ahead only when that cannot lose anything.
         match ask.intent {
             Intent::Write if !self.holder_is_writing(key) => {
+                self.consume_absence(key, holder, &ask);
                 self.teach_late_save(now, key, holder);
                 Admission::OutOfTurn
             }
@@ -608,6 +615,22 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             && now.saturating_sub(read_done) <= cap
         {
             entry.gaps.record(now.saturating_sub(read_done));
+        }
+    }
+
+    /// A create (or another locked write that is not a save onto the name) by a process
+    /// that found the name missing uses up that view: the kernel sends LOOKUP and then
+    /// CREATE for one open(O_CREAT) while it holds the directory lock, so nothing came in
+    /// between, and the gap between them is no read-to-save gap to learn a linger from.
+    /// Kept, the view held every temp name a writer ever created (about 1.5 KB each).
+    fn consume_absence(&mut self, key: &K, holder: Holder, ask: &Ask) {
+        if !ask.locked || ask.replaces {
+            return;
+        }
+        let slot = (key.clone(), holder);
+        if self.seen.get(&slot).is_some_and(|seen| seen.absent) {
+            self.seen.remove(&slot);
+            entry_seen_by(&mut self.entries, key, -1);
         }
     }
 

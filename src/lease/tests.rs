@@ -1025,3 +1025,51 @@ fn memory_of_many_read_files_is_pruned_by_time() {
         engine.seen.len()
     );
 }
+
+/// A writer with a fresh temp name per cycle, driven as the overlay drives a Node cycle
+/// (read the store; the kernel's LOOKUP finds the temp name missing, then CREATE; the
+/// temp's handle closes, tied to the read; the rename commits both): the engine keeps no
+/// record of the temp names once their cycles are over (it kept about 1.5 KB per cycle).
+#[test]
+fn fresh_temp_names_leave_no_record_behind() {
+    let mut engine: Engine<String> = Engine::new(policy());
+    let store = "store.json".to_string();
+    let mut now = ms(1);
+    for cycle in 0..2000 {
+        let temp = format!("store.json.tmp-{cycle}");
+        let read = granted(engine.request(now, &store, A, ask(Intent::Read)));
+        engine.finish(now, read.lease, A, Outcome::Read);
+        engine.saw_missing(now, &temp, A);
+        now += ms(1);
+        granted(engine.request(now, &temp, A, locked(Intent::Write)));
+        assert!(
+            engine.tie(&temp, A, true, &store, true),
+            "the temp joins the cycle"
+        );
+        let replace = Ask {
+            replaces: true,
+            ..locked(Intent::Write)
+        };
+        let source = engine.request(now, &temp, A, locked(Intent::Write));
+        let Admission::Granted(source) = source else {
+            panic!("the rename's source joins: {source:?}")
+        };
+        let target = granted(engine.request(now, &store, A, replace));
+        engine.finish(now, source.lease, A, Outcome::Removed);
+        engine.finish(now, target.lease, A, Outcome::Committed);
+        now += ms(1);
+        engine.tick(now);
+    }
+    assert_eq!(engine.counters().fenced_commits, 0);
+    let temps = engine
+        .entries
+        .keys()
+        .filter(|key| key.contains("tmp"))
+        .count();
+    let views = engine
+        .seen
+        .keys()
+        .filter(|(key, _)| key.contains("tmp"))
+        .count();
+    assert_eq!((temps, views), (0, 0), "records of temp names left behind");
+}
