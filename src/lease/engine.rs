@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::Holder;
+use super::beside::{Beside, writes_in_place};
 use super::policy::{GapHistory, Policy};
 use super::view::{Counters, EndReason};
 
@@ -178,13 +179,19 @@ pub(super) struct Entry {
     pub(super) seen_by: u32,
     /// The parent of the last process let in to save this file.
     pub(super) saver_parent: Option<Holder>,
+    /// Reads beside the cycle open now: a write in place waits until none is.
+    pub(super) beside: u32,
 }
 
 impl Entry {
     /// Nothing would be lost by forgetting this file: generation 0 and no history are
     /// equivalent to it, since no process has seen it and nobody holds or waits.
     pub(super) fn is_idle(&self) -> bool {
-        self.lease.is_none() && self.queue.is_empty() && self.seen_by == 0 && self.gaps.is_empty()
+        self.lease.is_none()
+            && self.queue.is_empty()
+            && self.seen_by == 0
+            && self.gaps.is_empty()
+            && self.beside == 0
     }
 }
 
@@ -306,6 +313,8 @@ pub struct Engine<K> {
     pub(super) prune_seen_at: PruneAt,
     pub(super) prune_savers_at: PruneAt,
     pub(super) prune_streaks_at: PruneAt,
+    /// Reads beside a cycle now open, by the id their grant carries (see `beside`).
+    pub(super) beside: HashMap<LeaseId, Beside<K>>,
 }
 
 impl<K: Clone + Eq + Hash> Engine<K> {
@@ -327,6 +336,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             prune_seen_at: PruneAt::default(),
             prune_savers_at: PruneAt::default(),
             prune_streaks_at: PruneAt::default(),
+            beside: HashMap::default(),
         }
     }
 
@@ -450,6 +460,10 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 self.close_view(key, holder);
                 return Admission::Fenced;
             }
+            if self.waits_for_readers(key, ask.intent, ask.locked) {
+                // The holder's own write in place, first in line once the reads close.
+                return self.enqueue_first(now, key, holder, ask);
+            }
             return self.join(key, holder, ask.intent);
         }
         if ask.intent == Intent::Read && self.parent_lingers(key, &ask) {
@@ -458,8 +472,12 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             // later save is still judged on what it read.
             self.end_read_only(now, key);
         }
+        if ask.intent == Intent::Read && self.may_read_beside(key, holder) {
+            return Admission::Granted(self.read_beside(now, key, holder));
+        }
+        let waits_for_readers = self.waits_for_readers(key, ask.intent, ask.locked);
         let entry = self.entries.get_mut(key).expect("entry exists");
-        let free = entry.lease.is_none() && entry.queue.is_empty();
+        let free = entry.lease.is_none() && entry.queue.is_empty() && !waits_for_readers;
         let appends_alongside = ask.intent == Intent::Append
             && entry.queue.is_empty()
             && matches!(
@@ -686,16 +704,30 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     }
 
     fn enqueue(&mut self, now: Duration, key: &K, holder: Holder, ask: Ask) -> Admission {
+        self.park(now, key, holder, ask, false)
+    }
+
+    /// Queues the holder's own request ahead of everyone (it waits for reads beside).
+    fn enqueue_first(&mut self, now: Duration, key: &K, holder: Holder, ask: Ask) -> Admission {
+        self.park(now, key, holder, ask, true)
+    }
+
+    fn park(&mut self, now: Duration, key: &K, holder: Holder, ask: Ask, first: bool) -> Admission {
         let id = WaitId(self.fresh_id());
         let deadline = now.saturating_add(ask.max_wait.unwrap_or(self.policy.max_wait));
         let entry = self.entries.get_mut(key).expect("entry exists");
-        entry.queue.push_back(Waiter {
+        let waiter = Waiter {
             id,
             holder,
             ask,
             since: now,
             deadline,
-        });
+        };
+        if first {
+            entry.queue.push_front(waiter);
+        } else {
+            entry.queue.push_back(waiter);
+        }
         self.waiting.insert(id, key.clone());
         self.counters.waits += 1;
         Admission::Queued(id)
@@ -792,11 +824,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         self.bump(key);
     }
 
-    /// Nobody holds `key` or waits for it.
+    /// Nobody holds `key`, waits for it or reads it beside a cycle.
     pub fn is_free(&self, key: &K) -> bool {
-        self.entries
-            .get(key)
-            .is_none_or(|entry| entry.lease.is_none() && entry.queue.is_empty())
+        self.entries.get(key).is_none_or(|entry| {
+            entry.lease.is_none() && entry.queue.is_empty() && entry.beside == 0
+        })
     }
 
     /// A new generation for `key`.
@@ -816,8 +848,12 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         holder: Holder,
         outcome: Outcome,
     ) -> Vec<Action<K>> {
+        let mut actions = Vec::new();
+        if self.end_read_beside(now, lease, &mut actions) {
+            return actions;
+        }
         let Some(key) = self.active.get(&lease).cloned() else {
-            return Vec::new();
+            return actions;
         };
         let tied = self.entries[&key]
             .lease
@@ -890,7 +926,6 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         let exclusive = matches!(current.mode, Mode::Exclusive { .. });
         // A process that read the file knows its own save; a blind writer keeps no view.
         let had_view = current.view.is_some() || self.seen.contains_key(&(key.clone(), holder));
-        let mut actions = Vec::new();
         if ended && wrote && exclusive {
             self.read_streaks.remove(&(key.clone(), holder));
         }
@@ -1067,6 +1102,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             actions.push(Action::TimedOut { wait });
             self.grant_waiters(now, &key, &mut actions);
         }
+        self.expire_reads_beside(now, &mut actions);
         actions
     }
 
@@ -1080,7 +1116,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 .find(|waiter| waiter.id == *wait)
                 .map(|waiter| waiter.deadline)
         });
-        leases.into_iter().chain(waiters).min()
+        leases
+            .into_iter()
+            .chain(waiters)
+            .chain(self.next_read_beside_deadline())
+            .min()
     }
 
     pub(super) fn lease_deadline(&self, key: &K, entry: &Entry, lease: &Lease) -> (Duration, bool) {
@@ -1104,7 +1144,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
 
     /// Whether `holder` has shown itself a reader of `key`: read-only cycles in a row, and
     /// never a save.
-    fn is_reader(&self, key: &K, holder: Holder) -> bool {
+    pub(super) fn is_reader(&self, key: &K, holder: Holder) -> bool {
         let slot = (key.clone(), holder);
         self.read_streaks.get(&slot).copied().unwrap_or(0) >= READER_STREAK
             && !self.savers.contains(&slot)
@@ -1300,6 +1340,9 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             let Some(head) = entry.queue.front() else {
                 break;
             };
+            if writes_in_place(head.ask.intent) && entry.beside > 0 {
+                break;
+            }
             let joining = entry
                 .lease
                 .as_ref()
@@ -1357,11 +1400,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             let Some(lease) = entry.lease.as_ref() else {
                 return;
             };
-            let Some(at) = entry
-                .queue
-                .iter()
-                .position(|waiter| joins(lease, waiter.holder, &waiter.ask))
-            else {
+            let readers_beside = entry.beside > 0;
+            let Some(at) = entry.queue.iter().position(|waiter| {
+                joins(lease, waiter.holder, &waiter.ask)
+                    && !(readers_beside && writes_in_place(waiter.ask.intent))
+            }) else {
                 return;
             };
             let waiter = entry.queue.remove(at).expect("found above");

@@ -87,6 +87,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         parent: Option<Holder>,
     ) -> Vec<Action<K>> {
         let mut actions = Vec::new();
+        self.end_reads_beside_of(now, holder, &mut actions);
         let waits: Vec<(WaitId, K)> = self
             .waiting
             .iter()

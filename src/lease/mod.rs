@@ -9,6 +9,7 @@
 //! of a handle that wrote, or a rename onto the file), at a linger after its last handle
 //! closed without a write, at the holder's exit, or at the maximum hold (a revocation).
 
+mod beside;
 mod engine;
 mod family;
 mod policy;

@@ -1073,3 +1073,103 @@ fn fresh_temp_names_leave_no_record_behind() {
         .count();
     assert_eq!((temps, views), (0, 0), "records of temp names left behind");
 }
+
+/// `reader` ends two read-only cycles on `key`, so it counts as a reader of it; the clock
+/// after them.
+fn make_reader(e: &mut Engine<&'static str>, key: &'static str, reader: Holder, at: u64) -> u64 {
+    let mut now = at;
+    for _ in 0..2 {
+        let read = granted(e.request(ms(now), &key, reader, ask(Intent::Read)));
+        e.finish(ms(now + 1), read.lease, reader, Outcome::Read);
+        now += 100;
+        e.tick(ms(now));
+    }
+    assert!(e.is_reader(&key, reader));
+    now
+}
+
+#[test]
+fn a_known_reader_reads_beside_a_cycle_and_its_late_save_is_fenced() {
+    let mut e = engine();
+    let t = make_reader(&mut e, "s", B, 0);
+    let cycle = granted(e.request(ms(t), &"s", A, ask(Intent::Read)));
+    // B reads while A's cycle is open: no wait, the version A read.
+    let beside = granted(e.request(ms(t + 1), &"s", B, ask(Intent::Read)));
+    assert_eq!(beside.generation, cycle.generation);
+    assert_ne!(beside.lease, cycle.lease);
+    e.finish(ms(t + 2), cycle.lease, A, Outcome::Read);
+    // A saves by rename while B still reads: B keeps its inode, A is not held up.
+    let rename = Ask {
+        replaces: true,
+        ..locked(Intent::Write)
+    };
+    let save = granted(e.request(ms(t + 3), &"s", A, rename));
+    assert_eq!(save.lease, cycle.lease, "A's save joins its own cycle");
+    e.finish(ms(t + 3), save.lease, A, Outcome::Committed);
+    e.finish(ms(t + 4), beside.lease, B, Outcome::Read);
+    assert_eq!(e.counters().reads_beside, 1);
+    // A save by B built on what it read beside is judged on it.
+    assert_eq!(
+        e.request(ms(t + 5), &"s", B, ask(Intent::Write)),
+        Admission::Fenced
+    );
+    assert_eq!(e.entries["s"].beside, 0);
+}
+
+#[test]
+fn a_write_in_place_waits_for_reads_beside_and_stops_new_ones() {
+    let mut e = engine();
+    let t = make_reader(&mut e, "s", B, 0);
+    let t = make_reader(&mut e, "s", C, t);
+    let cycle = granted(e.request(ms(t), &"s", A, ask(Intent::Read)));
+    let b = granted(e.request(ms(t + 1), &"s", B, ask(Intent::Read)));
+    e.finish(ms(t + 2), cycle.lease, A, Outcome::Read);
+    // A opens the file to write it in place: it waits for B's read, ahead of everyone.
+    let write = queued(e.request(ms(t + 3), &"s", A, ask(Intent::Write)));
+    // C no longer reads beside while a write in place waits: it queues behind it.
+    let c = queued(e.request(ms(t + 4), &"s", C, ask(Intent::Read)));
+    let actions = e.finish(ms(t + 5), b.lease, B, Outcome::Read);
+    assert_eq!(
+        grants(&actions),
+        vec![write],
+        "the write goes once B closed"
+    );
+    let Action::Granted { grant, .. } = actions[0] else {
+        unreachable!()
+    };
+    assert_eq!(grant.lease, cycle.lease, "in A's own cycle");
+    assert!(e.is_waiting(c));
+    let actions = e.finish(ms(t + 6), grant.lease, A, Outcome::Committed);
+    assert_eq!(grants(&actions), vec![c], "C reads the new version");
+}
+
+#[test]
+fn a_read_beside_stops_counting_at_the_maximum_hold_and_at_its_readers_exit() {
+    let mut e = engine();
+    let t = make_reader(&mut e, "s", B, 0);
+    let t = make_reader(&mut e, "s", C, t);
+    let stuck = granted(e.request(ms(t), &"s", B, ask(Intent::Read)));
+    let write = queued(e.request(ms(t + 1), &"s", A, ask(Intent::Write)));
+    assert_eq!(e.next_deadline(), Some(ms(t + 10_000)));
+    let actions = e.tick(ms(t + 10_000));
+    assert_eq!(
+        grants(&actions),
+        vec![write],
+        "B's read held A out for max-hold"
+    );
+    let Action::Granted { grant, .. } = actions[0] else {
+        unreachable!()
+    };
+    e.finish(ms(t + 10_001), grant.lease, A, Outcome::Committed);
+    // B's late close changes nothing.
+    assert!(
+        e.finish(ms(t + 10_002), stuck.lease, B, Outcome::Read)
+            .is_empty()
+    );
+    let t = t + 10_100;
+    granted(e.request(ms(t), &"s", C, ask(Intent::Read)));
+    let write = queued(e.request(ms(t + 1), &"s", A, ask(Intent::Write)));
+    let actions = e.holder_exited(ms(t + 2), C, None);
+    assert_eq!(grants(&actions), vec![write], "C's exit ended its read");
+    assert_eq!(e.entries["s"].beside, 0);
+}

@@ -73,6 +73,8 @@ pub struct Counters {
     /// Writes that held a kernel lock and went ahead while another process's cycle held
     /// the file (that cycle can then no longer commit).
     pub out_of_turn: u64,
+    /// Reads by known readers that went beside another process's cycle (not waiting).
+    pub reads_beside: u64,
     /// Not a count of events: files the engine remembers now (leased, waited for, or with
     /// history that still judges a save or sets a linger). Set by [`Engine::counters`].
     pub files_remembered: u64,
