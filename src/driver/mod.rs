@@ -413,7 +413,7 @@ impl<K: Key> Driver<K> {
     fn reap_dead_holders(&self, key: &K, asking: ProcessId) {
         let others = self.engine.lock().holders_of(key);
         for other in others {
-            if other != asking && !platform::is_alive(other) {
+            if other != asking && !self.processes.is_alive(other) {
                 self.process_exited(other);
             }
         }

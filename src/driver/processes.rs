@@ -60,6 +60,15 @@ impl Processes {
         self.threads.lock().get(&tid).map(|(process, _)| *process)
     }
 
+    /// Whether `process` is still alive: its pidfd when it is watched (one poll), else
+    /// /proc.
+    pub fn is_alive(&self, process: ProcessId) -> bool {
+        match self.exits.get().and_then(|exits| exits.has_exited(process)) {
+            Some(exited) => !exited,
+            None => platform::is_alive(process),
+        }
+    }
+
     /// Watches `process` for its exit; false when it is already gone (report it then).
     pub fn watch(&self, process: ProcessId) -> bool {
         if self.commands.lock().contains_key(&process) {

@@ -252,6 +252,24 @@ impl ExitWatch {
     }
 }
 
+impl ExitWatch {
+    /// Whether watched `process` has exited, from its pidfd (one poll, no /proc read):
+    /// readable once the process is gone, before its exit is reported. None when it is
+    /// not watched (never was, or its exit was reported already).
+    pub fn has_exited(&self, process: ProcessId) -> Option<bool> {
+        let watched = self.inner.watched.lock();
+        let pidfd = watched.get(&process)?;
+        let mut poll = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; a zero timeout never blocks.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        (ready >= 0).then_some(ready > 0 && poll.revents & libc::POLLIN != 0)
+    }
+}
+
 impl Drop for ExitWatch {
     fn drop(&mut self) {
         let one: u64 = 1;
@@ -335,6 +353,24 @@ mod tests {
         child.wait().unwrap();
         let exited = rx.recv_timeout(std::time::Duration::from_secs(20)).unwrap();
         assert_eq!(exited, process);
+    }
+
+    #[test]
+    fn a_watched_process_is_never_taken_for_alive_after_its_exit() {
+        let watch = ExitWatch::start(|_| {}).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let process = super::process(child.id()).unwrap();
+        assert_eq!(watch.has_exited(process), None, "not watched yet");
+        watch.watch(process).unwrap();
+        assert_eq!(watch.has_exited(process), Some(false));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Until the watcher thread takes the exit event, the pidfd answers; after, None
+        // sends the caller to /proc. Never "alive".
+        assert_ne!(watch.has_exited(process), Some(false));
     }
 
     #[test]
