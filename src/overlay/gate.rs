@@ -128,6 +128,9 @@ pub struct Gate {
     /// fresh lookup whose "not found" must not pass for a new view of the file.
     refused: Mutex<HashMap<(u32, FileKey), Duration>>,
     recent_writes: Mutex<HashMap<ProcessId, VecDeque<Written>>>,
+    /// Opens for writing of a just-renamed inode answered ESTALE: by thread, the nodeid
+    /// and when. The thread's next open is the kernel's retry (see `must_look_up_again`).
+    moved_refusals: Mutex<HashMap<u32, (u64, Duration)>>,
     pub names: Names,
 }
 
@@ -148,6 +151,7 @@ impl Gate {
             refused: Mutex::new(HashMap::default()),
             released_closes: Mutex::new(HashMap::default()),
             recent_writes: Mutex::new(HashMap::default()),
+            moved_refusals: Mutex::new(HashMap::default()),
             names: Names::new(core.clone(), user_excluded),
         });
         let frontend: Arc<dyn Frontend<FileKey>> = gate.clone();
@@ -377,6 +381,35 @@ impl Gate {
         };
         for held in expired {
             self.finish(&held, Outcome::Read);
+        }
+    }
+
+    /// Whether thread `tid`'s open for writing of `nodeid` must first look its name up
+    /// again (ESTALE, which the kernel retries once after a fresh lookup), when a rename
+    /// just gave that inode a new name (`moved`). A shell's `> store.tmp` walked the temp's
+    /// name just before another script renamed that temp over the store, and its OPEN then
+    /// came for the store's inode: it truncated the store and wrote its own update into
+    /// it. The thread's very next open is the retry: let through if its fresh lookup found
+    /// the same inode (the program did mean it); another just-renamed inode gets ESTALE
+    /// again, an error rather than a write into a file the program did not name.
+    pub fn must_look_up_again(&self, tid: u32, nodeid: u64, moved: bool) -> bool {
+        let now = self.now();
+        let mut refusals = self.moved_refusals.lock();
+        let prior = refusals.remove(&tid);
+        if !moved {
+            return false;
+        }
+        if refusals.len() > 1024 {
+            refusals.retain(|_, (_, at)| now.saturating_sub(*at) < REFUSAL_RETRY);
+        }
+        match prior {
+            Some((refused, at)) if refused == nodeid && now.saturating_sub(at) < REFUSAL_RETRY => {
+                false
+            }
+            _ => {
+                refusals.insert(tid, (nodeid, now));
+                true
+            }
         }
     }
 

@@ -17,6 +17,7 @@ use std::ffi::{CStr, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use fuser::BackingId;
 use parking_lot::Mutex;
@@ -65,6 +66,8 @@ pub struct Inode {
     former_name: Mutex<Option<NamedAt>>,
     /// The passthrough backing file shared by every open handle of this inode.
     backing: Mutex<Weak<BackingId>>,
+    /// When a rename through the mount last gave this inode a new name.
+    moved_at: Mutex<Option<Instant>>,
 }
 
 impl Inode {
@@ -78,6 +81,7 @@ impl Inode {
             name: Mutex::new(None),
             former_name: Mutex::new(None),
             backing: Mutex::new(Weak::new()),
+            moved_at: Mutex::new(None),
         }
     }
 
@@ -101,6 +105,17 @@ impl Inode {
             parent,
             name: name.to_os_string(),
         });
+    }
+
+    /// A rename gave this inode a new name (see [`Inode::moved_within`]).
+    pub fn note_moved(&self) {
+        *self.moved_at.lock() = Some(Instant::now());
+    }
+
+    /// Whether a rename gave this inode a new name within `window`: a process that
+    /// walked the old name just before may open it by this nodeid just after.
+    pub fn moved_within(&self, window: Duration) -> bool {
+        self.moved_at.lock().is_some_and(|at| at.elapsed() < window)
     }
 
     /// Forgets the name if it is still (parent, name): that name no longer points here.

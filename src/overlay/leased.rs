@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fuser::{Errno, ReplyAttr, ReplyCreate, ReplyEmpty, ReplyEntry, ReplyOpen};
 
@@ -17,6 +18,10 @@ pub struct Leased {
     pub core: Arc<Overlay>,
     pub gate: Arc<Gate>,
 }
+
+/// How long after a rename an open for writing of the renamed inode may come from a path
+/// walk of its old name (the walk and the OPEN are not atomic in the kernel).
+const MOVED_WINDOW: Duration = Duration::from_secs(1);
 
 fn key(parent: u64, name: &OsStr) -> FileKey {
     (parent, name.to_os_string())
@@ -86,6 +91,19 @@ impl Leased {
             return reply_open(&self.core, reply, self.core.open(caller, nodeid, flags));
         };
         let intent = intent_of_open(flags);
+        // The kernel strips O_TRUNC from OPEN (the truncate follows as a SETATTR), so every
+        // open for writing in place counts; appends do not (they destroy nothing).
+        if intent == Intent::Write
+            && self
+                .gate
+                .must_look_up_again(caller.pid, nodeid, inode.moved_within(MOVED_WINDOW))
+        {
+            tracing::trace!(
+                tid = caller.pid,
+                "write open of a just-renamed inode: ESTALE for a fresh lookup"
+            );
+            return reply.error(Errno::ESTALE);
+        }
         let ask = Ask {
             caller,
             key,
