@@ -169,7 +169,7 @@ fn s14_keyv_file() {
 }
 
 #[test]
-#[ignore = "known gap: dbm.dumb is a database of three files (.dir, .dat, .bak); per-file cycles do not serialize it, and refused index saves are reported as ESTALE"]
+#[ignore = "known gap: dbm.dumb is a database of three files (.dir, .dat, .bak); per-file cycles do not serialize it: saves are refused with ESTALE and acknowledged updates are lost (README, Limits)"]
 fn s14_shelve_dbm_dumb() {
     real_row("S14-shelve", S14_RUNS);
 }
