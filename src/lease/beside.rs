@@ -11,7 +11,7 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use super::Holder;
-use super::engine::{Action, Engine, Grant, Intent, LeaseId, Mode, Seen};
+use super::engine::{Action, Ask, Engine, Entry, Grant, Intent, LeaseId, Mode, Seen};
 
 /// One read beside a cycle, open now.
 #[derive(Clone, Debug)]
@@ -64,14 +64,12 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         Grant { lease, generation }
     }
 
-    /// Whether a write in place of `key` (or an append) must wait for reads beside it to
-    /// close. A request under a kernel lock cannot wait: a create, a rename or an unlink
-    /// leaves an open reader its inode whole; a truncate by path is the one write in place
-    /// it can then see (as natively).
-    pub(super) fn waits_for_readers(&self, key: &K, intent: Intent, locked: bool) -> bool {
-        writes_in_place(intent)
-            && !locked
-            && self.entries.get(key).is_some_and(|entry| entry.beside > 0)
+    /// Whether `ask` on `key` must wait for the reads beside it to close (see
+    /// [`Entry::waits_for_readers`]).
+    pub(super) fn waits_for_readers(&self, key: &K, ask: &Ask) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|entry| entry.waits_for_readers(ask))
     }
 
     /// Ends the read beside `lease`, if it is one; true when it was.
@@ -143,7 +141,17 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     }
 }
 
-/// A queued or granted request of this intent changes the file's bytes in place.
-pub(super) fn writes_in_place(intent: Intent) -> bool {
+impl Entry {
+    /// Whether `ask` is a write in place (or an append) that must wait for the reads
+    /// beside this file to close. A request under a kernel lock cannot wait (and is
+    /// never queued): a create, a rename or an unlink leaves an open reader its inode
+    /// whole; a truncate by path is the one write in place it can then see (as natively).
+    pub(super) fn waits_for_readers(&self, ask: &Ask) -> bool {
+        writes_in_place(ask.intent) && !ask.locked && self.beside > 0
+    }
+}
+
+/// A request of this intent changes the file's bytes in place.
+fn writes_in_place(intent: Intent) -> bool {
     matches!(intent, Intent::Write | Intent::Append)
 }

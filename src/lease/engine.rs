@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::Holder;
-use super::beside::{Beside, writes_in_place};
+use super::beside::Beside;
 use super::policy::{GapHistory, Policy};
 use super::view::{Counters, EndReason};
 
@@ -460,7 +460,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 self.close_view(key, holder);
                 return Admission::Fenced;
             }
-            if self.waits_for_readers(key, ask.intent, ask.locked) {
+            if self.waits_for_readers(key, &ask) {
                 // The holder's own write in place, first in line once the reads close.
                 return self.enqueue_first(now, key, holder, ask);
             }
@@ -475,7 +475,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         if ask.intent == Intent::Read && self.may_read_beside(key, holder) {
             return Admission::Granted(self.read_beside(now, key, holder));
         }
-        let waits_for_readers = self.waits_for_readers(key, ask.intent, ask.locked);
+        let waits_for_readers = self.waits_for_readers(key, &ask);
         let entry = self.entries.get_mut(key).expect("entry exists");
         let free = entry.lease.is_none() && entry.queue.is_empty() && !waits_for_readers;
         let appends_alongside = ask.intent == Intent::Append
@@ -1340,7 +1340,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             let Some(head) = entry.queue.front() else {
                 break;
             };
-            if writes_in_place(head.ask.intent) && entry.beside > 0 {
+            if entry.waits_for_readers(&head.ask) {
                 break;
             }
             let joining = entry
@@ -1400,10 +1400,8 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             let Some(lease) = entry.lease.as_ref() else {
                 return;
             };
-            let readers_beside = entry.beside > 0;
             let Some(at) = entry.queue.iter().position(|waiter| {
-                joins(lease, waiter.holder, &waiter.ask)
-                    && !(readers_beside && writes_in_place(waiter.ask.intent))
+                joins(lease, waiter.holder, &waiter.ask) && !entry.waits_for_readers(&waiter.ask)
             }) else {
                 return;
             };

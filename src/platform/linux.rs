@@ -250,9 +250,7 @@ impl ExitWatch {
         watched.insert(process, pidfd);
         Ok(())
     }
-}
 
-impl ExitWatch {
     /// Whether watched `process` has exited, from its pidfd (one poll, no /proc read):
     /// readable once the process is gone, before its exit is reported. None when it is
     /// not watched (never was, or its exit was reported already).
