@@ -169,9 +169,36 @@ fn s14_keyv_file() {
 }
 
 #[test]
-#[ignore = "known gap: dbm.dumb is a database of three files (.dir, .dat, .bak); per-file cycles do not serialize it: saves are refused with ESTALE and acknowledged updates are lost (README, Limits)"]
+#[ignore = "known gap: when the database does not exist yet, two processes can both find it missing and both create it; the second's create is refused with ESTALE (about one run in seven, one or two updates), a lookup holds the directory lock and cannot wait (README, Limits)"]
 fn s14_shelve_dbm_dumb() {
     real_row("S14-shelve", S14_RUNS);
+}
+
+/// Runs of the shelve row in `s14_shelve_loses_no_acknowledged_update`. Before the rule it
+/// guards (a save in place keeps the cycle while its holder holds another file), 4 runs
+/// lost 0, 18, 10 and 24 acknowledged updates.
+const S14_SHELVE_LOSS_RUNS: usize = 6;
+
+/// dbm.dumb saves one database in three files: every acknowledged update must be in it,
+/// and it must always open. (An update refused with ESTALE is allowed here, see above.)
+#[test]
+fn s14_shelve_loses_no_acknowledged_update() {
+    let (_tmp, state) = state_dir();
+    let _mount = MountGuard::mount(&state, &[]);
+    for run in 1..=S14_SHELVE_LOSS_RUNS {
+        let row = row_of(&state, "S14-shelve");
+        eprintln!("lockfs run {run}: {}", row.summary());
+        let unopened: Vec<&String> = row
+            .notes
+            .iter()
+            .filter(|note| note.contains("open-db"))
+            .collect();
+        assert!(
+            row.ack_lost == Some(0) && row.torn == 0 && unopened.is_empty(),
+            "run {run}: acknowledged updates were lost or the database did not open:\n{}",
+            row.summary()
+        );
+    }
 }
 
 #[test]

@@ -318,7 +318,11 @@ impl<K: Key> Driver<K> {
         }
         tracing::trace!(path = %self.describe(&key), pid = process.pid, tid = asker.thread, ?ask, ?admission, "admit");
         match answer {
-            Err(_) => self.log_fenced(&key, process),
+            Err(_) => {
+                self.log_fenced(&key, process);
+                // A refused save may have ended its cycle (see `Engine::join`).
+                self.wake_timer();
+            }
             Ok(granted) if !granted.out_of_turn => self.wake_timer(),
             Ok(_) => {}
         }

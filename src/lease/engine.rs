@@ -158,6 +158,15 @@ pub(super) struct Lease {
     /// The holder is the parent of the process that began the cycle and exited: the first
     /// of its children to touch the file takes the cycle over.
     pub(super) passed: bool,
+    /// The holder saved this file in place while it held a cycle on another file, and the
+    /// cycle goes on (see [`Engine::keeps_after_commit`]).
+    pub(super) kept: bool,
+    /// The holder began its next load while others wait, or a save of this cycle was
+    /// refused: the lease ends at the next tick.
+    pub(super) yielded: bool,
+    /// A save of this cycle was refused: its view ends with it, so the holder's next read
+    /// is fresh (a re-read after a refusal launders nothing).
+    pub(super) refused: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -436,8 +445,16 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 && now.saturating_sub(lease.granted_at) > self.policy.max_linger
                 && matches!(lease.mode, Mode::Exclusive { holder: h, uses: 0, .. } if h == holder)
         });
+        // A read into the holder's own cycle that has saved this file (kept for its other
+        // files) is the holder's next load: with others waiting, they come first.
+        let next_load = ask.intent == Intent::Read
+            && entry.lease.as_ref().is_some_and(|lease| {
+                lease.kept && matches!(lease.mode, Mode::Exclusive { holder: h, .. } if h == holder)
+            });
+        let others_wait = !entry.queue.is_empty();
         let ask = Ask {
             concurrent: ask.concurrent
+                || (next_load && others_wait)
                 || (ask.intent == Intent::Read
                     && (overstays
                         || entry.queue.iter().any(|waiter| {
@@ -445,6 +462,14 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                         }))),
             ..ask
         };
+        if next_load {
+            if others_wait {
+                self.yield_kept(holder);
+            } else if continues_cycle(holder, &ask) {
+                self.restart_cycle(now, key);
+            }
+        }
+        let entry = &self.entries[key];
         if let Some(lease) = entry.lease.as_ref()
             && joins(lease, holder, &ask)
         {
@@ -484,6 +509,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 entry.lease.as_ref().map(|lease| &lease.mode),
                 Some(Mode::Shared { .. })
             );
+        if self.creates_on_a_stale_absence(key, holder, &ask) {
+            // Kept as it is, the absence refuses the kernel's retry too.
+            self.counters.fenced_commits += 1;
+            return Admission::Fenced;
+        }
         if ask.intent == Intent::Write && self.out_of_date(now, key, holder, &ask) {
             self.counters.fenced_commits += 1;
             self.teach_late_save(now, key, holder);
@@ -491,8 +521,10 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             return Admission::Fenced;
         }
         if free {
-            if ask.intent == Intent::Write {
+            if ask.intent != Intent::Read {
                 self.consume_absence(key, holder, &ask);
+            }
+            if ask.intent == Intent::Write {
                 self.teach_late_save(now, key, holder);
             }
             return Admission::Granted(self.start_lease(now, key, holder, ask.intent));
@@ -511,7 +543,10 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 self.teach_late_save(now, key, holder);
                 Admission::OutOfTurn
             }
-            Intent::Append => Admission::OutOfTurn,
+            Intent::Append => {
+                self.consume_absence(key, holder, &ask);
+                Admission::OutOfTurn
+            }
             _ => {
                 self.counters.fenced_commits += 1;
                 Admission::Fenced
@@ -536,8 +571,14 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 lease.view = Some(generation);
             }
         }
-        if intent == Intent::Write && lease.view.is_some_and(|view| view < generation) {
-            // Somebody committed out of turn during this cycle.
+        if intent != Intent::Read && lease.view.is_some_and(|view| view < generation) {
+            // Somebody committed out of turn during this cycle: its save, in place or by
+            // appending, would land in (or on top of) that other process's file. The cycle
+            // is over; left open, the holder's next loads joined it and every save of
+            // theirs was refused in turn.
+            lease.refused = true;
+            lease.yielded = true;
+            self.schedule(key);
             self.counters.fenced_commits += 1;
             return Admission::Fenced;
         }
@@ -636,6 +677,24 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         }
     }
 
+    /// Whether a create, rename away or unlink by `holder` rests on its finding the name
+    /// missing before somebody else created (or removed) the file. Two dbm.dumb processes
+    /// that both found `state.dir` missing each created it by appending their first key;
+    /// the second then renamed the first one's index away and wrote its own without the
+    /// first one's key. A create right after its own lookup (a temp name) sees the file's
+    /// current generation and goes ahead.
+    fn creates_on_a_stale_absence(&self, key: &K, holder: Holder, ask: &Ask) -> bool {
+        ask.locked
+            && !ask.replaces
+            && ask.intent != Intent::Read
+            && self.seen.get(&(key.clone(), holder)).is_some_and(|seen| {
+                seen.absent
+                    && !seen.inherited
+                    && !seen.committed
+                    && seen.generation < self.generation(key)
+            })
+    }
+
     /// A create (or another locked write that is not a save onto the name) by a process
     /// that found the name missing uses up that view: the kernel sends LOOKUP and then
     /// CREATE for one open(O_CREAT) while it holds the directory lock, so nothing came in
@@ -653,8 +712,13 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     }
 
     /// A refused save ends the cycle it was built on: the process's next read is fresh.
+    /// An absence stays as it was: the process has read nothing since, so its next save
+    /// (dbm.dumb saves again when the refused database is collected) still rests on it,
+    /// and a lookup finding the name missing again within the linger does not renew it.
     fn close_view(&mut self, key: &K, holder: Holder) {
-        if let Some(seen) = self.seen.get_mut(&(key.clone(), holder)) {
+        if let Some(seen) = self.seen.get_mut(&(key.clone(), holder))
+            && !seen.absent
+        {
             seen.committed = true;
         }
     }
@@ -765,6 +829,9 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             ties: Vec::new(),
             tied: false,
             passed: false,
+            kept: false,
+            yielded: false,
+            refused: false,
         });
         self.active.insert(id, key.clone());
         self.schedule(key);
@@ -865,6 +932,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             return Vec::new();
         }
         let wrote = outcome != Outcome::Read;
+        let keeps = outcome == Outcome::Committed && self.keeps_after_commit(&key, holder);
         let generation = if wrote { Some(self.bump(&key)) } else { None };
         let entry = self
             .entries
@@ -887,6 +955,17 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                     self.counters.cycles_committed += 1;
                 }
                 match outcome {
+                    Outcome::Committed if keeps => {
+                        // The cycle goes on for the holder's other files; its view is its
+                        // own commit.
+                        current.view = generation;
+                        current.kept = true;
+                        *writing = true;
+                        if *uses == 0 {
+                            *idle_since = Some(now);
+                        }
+                        false
+                    }
                     Outcome::Committed => true,
                     // A blind removal (a temp file renamed into place) ends its cycle.
                     Outcome::Removed if current.view.is_none() => true,
@@ -1073,7 +1152,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             if revoke {
                 self.revoke_lease(now, &key, EndReason::MaxHold, &mut actions);
             } else {
-                self.end_read_only(now, &key);
+                self.end_quiet(now, &key);
             }
             self.grant_waiters(now, &key, &mut actions);
         }
@@ -1124,6 +1203,9 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     }
 
     pub(super) fn lease_deadline(&self, key: &K, entry: &Entry, lease: &Lease) -> (Duration, bool) {
+        if lease.yielded {
+            return (Duration::ZERO, false);
+        }
         let hold = lease.granted_at.saturating_add(self.policy.max_hold);
         if lease.tied {
             return (hold, true);
@@ -1206,9 +1288,14 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         else {
             return;
         };
-        let seen = Seen {
-            read_done_at: read_done_at.or(Some(now)),
-            ..Seen::read(view, now)
+        let seen = if lease.kept {
+            Seen::own_commit(view, now)
+        } else {
+            Seen {
+                read_done_at: read_done_at.or(Some(now)),
+                committed: lease.refused,
+                ..Seen::read(view, now)
+            }
         };
         let holder = *holder;
         self.note_seen(key, holder, seen);

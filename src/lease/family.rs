@@ -153,7 +153,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                         false
                     }
                     _ => {
-                        if *uses > 0 || *writing {
+                        if (*uses > 0 || *writing) && !lease.kept {
                             self.counters.holder_exits_mid_cycle += 1;
                         }
                         true

@@ -12,6 +12,7 @@
 mod beside;
 mod engine;
 mod family;
+mod kept;
 mod policy;
 mod query;
 mod view;

@@ -673,6 +673,12 @@ fn a_locked_request_never_queues() {
         e.request(ms(2), &"s", A, locked(Intent::Write)),
         Admission::Fenced
     );
+    // Nor append to it: dbm.dumb's append to the index it read landed in the new index
+    // another process was writing out of turn, and tore it.
+    assert_eq!(
+        e.request(ms(3), &"s", A, ask(Intent::Append)),
+        Admission::Fenced
+    );
 }
 
 #[test]
@@ -826,11 +832,19 @@ fn an_absence_seen_fences_a_first_save_after_another_one() {
     let first = granted(e.request(ms(1), &"s", A, replace));
     e.finish(ms(2), first.lease, A, Outcome::Committed);
     assert_eq!(e.request(ms(3), &"s", B, replace), Admission::Fenced);
-    // A create (O_TRUNC) does not rest on the absence.
-    assert!(matches!(
+    // Nor does a create, a rename away or an unlink of the name: B has read nothing since.
+    assert_eq!(
         e.request(ms(4), &"s", B, locked(Intent::Write)),
-        Admission::Granted(_)
-    ));
+        Admission::Fenced
+    );
+    // A create after a fresh lookup of its own, once the linger has passed, does not rest
+    // on the old absence.
+    e.saw_missing(ms(2000), &"s", B);
+    assert_eq!(
+        e.generation(&"s"),
+        e.seen[&("s", B)].generation,
+        "the absence is seen afresh"
+    );
 }
 
 #[test]
@@ -1172,4 +1186,204 @@ fn a_read_beside_stops_counting_at_the_maximum_hold_and_at_its_readers_exit() {
     let actions = e.holder_exited(ms(t + 2), C, None);
     assert_eq!(grants(&actions), vec![write], "C's exit ended its read");
     assert_eq!(e.entries["s"].beside, 0);
+}
+
+/// dbm.dumb's open, `db[k] = v` and close, as the engine sees them: read `.dat` and `.dir`,
+/// write `.dat` in place, append to `.dir`, rename `.dir` away and write it anew. Returns
+/// the holder's leases on `.dat` and `.dir`.
+fn dbm_session(e: &mut Engine<&'static str>, who: Holder, at: u64) -> (LeaseId, LeaseId) {
+    let dat = granted(e.request(ms(at), &"s.dat", who, ask(Intent::Read)));
+    e.finish(ms(at), dat.lease, who, Outcome::Read);
+    let dir = granted(e.request(ms(at + 1), &"s.dir", who, ask(Intent::Read)));
+    e.finish(ms(at + 1), dir.lease, who, Outcome::Read);
+    let value = granted(e.request(ms(at + 2), &"s.dat", who, ask(Intent::Write)));
+    assert_eq!(value.lease, dat.lease);
+    assert!(
+        e.finish(ms(at + 2), value.lease, who, Outcome::Committed)
+            .is_empty()
+    );
+    let index = granted(e.request(ms(at + 3), &"s.dir", who, ask(Intent::Append)));
+    assert_eq!(index.lease, dir.lease);
+    assert!(
+        e.finish(ms(at + 3), index.lease, who, Outcome::Committed)
+            .is_empty()
+    );
+    for step in [4, 6] {
+        let away = granted(e.request(ms(at + step), &"s.dir", who, locked(Intent::Write)));
+        assert_eq!(
+            away.lease, dir.lease,
+            "the index's cycle goes on past its saves"
+        );
+        assert!(
+            e.finish(ms(at + step), away.lease, who, Outcome::Removed)
+                .is_empty()
+        );
+        let anew = granted(e.request(ms(at + step + 1), &"s.dir", who, locked(Intent::Write)));
+        assert_eq!(anew.lease, dir.lease);
+        assert!(
+            e.finish(ms(at + step + 1), anew.lease, who, Outcome::Committed)
+                .is_empty()
+        );
+    }
+    (dat.lease, dir.lease)
+}
+
+#[test]
+fn a_save_in_place_keeps_the_cycle_while_its_holder_holds_another_file() {
+    let mut e = engine();
+    let (_, dir) = dbm_session(&mut e, A, 0);
+    // B's open of the database waits for the whole of A's session, not one save of it.
+    let b = queued(e.request(ms(10), &"s.dat", B, ask(Intent::Read)));
+    assert!(e.tick(ms(20)).is_empty());
+    // A's next session begins: with B waiting, A's kept cycles end and B goes first.
+    let again = queued(e.request(ms(30), &"s.dat", A, ask(Intent::Read)));
+    let actions = e.tick(ms(30));
+    assert_eq!(grants(&actions), vec![b]);
+    let Some(Action::Granted { grant, .. }) = actions.first() else {
+        unreachable!()
+    };
+    assert_eq!(grant.generation, e.generation(&"s.dat"), "B sees A's value");
+    assert!(e.is_free(&"s.dir"), "A's index cycle ended with its data's");
+    assert!(!e.is_waiting(b) && e.is_waiting(again));
+    assert_eq!(e.counters().cycles_committed, 6);
+    assert_eq!(e.counters().cycles_read_only, 0);
+    // A's kept cycle ended as its own commit: its next load is judged afresh, not on
+    // the view it saved.
+    let b_dir = granted(e.request(ms(31), &"s.dir", B, ask(Intent::Read)));
+    assert_ne!(b_dir.lease, dir);
+    e.finish(ms(32), b_dir.lease, B, Outcome::Read);
+    let b_save = granted(e.request(ms(33), &"s.dir", B, ask(Intent::Append)));
+    e.finish(ms(34), b_save.lease, B, Outcome::Committed);
+    e.finish(ms(35), grant.lease, B, Outcome::Read);
+    let actions = e.tick(ms(200));
+    assert_eq!(grants(&actions), vec![again]);
+    let a_dir = granted(e.request(ms(201), &"s.dir", A, ask(Intent::Read)));
+    e.finish(ms(202), a_dir.lease, A, Outcome::Read);
+    let a_save = granted(e.request(ms(203), &"s.dir", A, ask(Intent::Append)));
+    assert!(
+        e.finish(ms(204), a_save.lease, A, Outcome::Committed)
+            .is_empty()
+    );
+    assert_eq!(e.counters().fenced_commits, 0);
+    e.check_deadline_index();
+}
+
+#[test]
+fn a_kept_cycle_begins_afresh_at_its_holders_next_read_when_nobody_waits() {
+    let mut e = engine();
+    let (dat, _) = dbm_session(&mut e, A, 0);
+    let next = granted(e.request(ms(10), &"s.dat", A, ask(Intent::Read)));
+    assert_eq!(next.lease, dat, "nobody waits: the holder goes on at once");
+    e.finish(ms(11), next.lease, A, Outcome::Read);
+    // The restarted cycle is a read cycle again: it lingers out as one, and B then
+    // gets the file.
+    let b = queued(e.request(ms(12), &"s.dat", B, ask(Intent::Read)));
+    assert_eq!(grants(&e.tick(ms(11 + 50))), vec![b]);
+    e.check_deadline_index();
+}
+
+#[test]
+fn a_kept_cycle_lingers_out_and_ends_at_its_holders_exit() {
+    let mut e = engine();
+    dbm_session(&mut e, A, 0);
+    let b = queued(e.request(ms(10), &"s.dir", B, ask(Intent::Read)));
+    assert!(
+        e.tick(ms(7 + 49)).is_empty(),
+        "the index lingers after its last save"
+    );
+    assert_eq!(grants(&e.tick(ms(7 + 50))), vec![b]);
+    let mut e = engine();
+    dbm_session(&mut e, A, 0);
+    let b = queued(e.request(ms(10), &"s.dat", B, ask(Intent::Read)));
+    assert_eq!(grants(&e.holder_exited(ms(11), A, None)), vec![b]);
+    assert!(e.is_free(&"s.dir"));
+    assert_eq!(e.counters().holder_exits_mid_cycle, 0);
+}
+
+#[test]
+fn a_save_in_place_of_one_file_alone_still_ends_its_cycle() {
+    let mut e = engine();
+    let a = granted(e.request(ms(0), &"s", A, ask(Intent::Read)));
+    e.finish(ms(1), a.lease, A, Outcome::Read);
+    // A temp file tied to the cycle is no other file of the holder's.
+    let tmp = granted(e.request(ms(2), &"s.tmp", A, locked(Intent::Write)));
+    assert!(e.tie(&"s.tmp", A, true, &"s", true));
+    let b = queued(e.request(ms(3), &"s", B, ask(Intent::Read)));
+    let save = granted(e.request(ms(4), &"s", A, ask(Intent::Write)));
+    assert_eq!(
+        grants(&e.finish(ms(5), save.lease, A, Outcome::Committed)),
+        vec![b]
+    );
+    assert!(e.is_free(&"s.tmp"), "{tmp:?} ended with the cycle");
+}
+
+#[test]
+fn a_create_on_an_absence_another_process_created_over_is_refused() {
+    let mut e = engine();
+    // Both find the index missing; A creates it (appending its key) and renames it away.
+    e.saw_missing(ms(0), &"s.dir", A);
+    e.saw_missing(ms(1), &"s.dir", B);
+    let create = Ask {
+        locked: true,
+        ..ask(Intent::Append)
+    };
+    let a = granted(e.request(ms(2), &"s.dir", A, create));
+    e.finish(ms(3), a.lease, A, Outcome::Committed);
+    let away = granted(e.request(ms(4), &"s.dir", A, locked(Intent::Write)));
+    e.finish(ms(5), away.lease, A, Outcome::Removed);
+    // B's create finds the name missing again, but its index is the empty one it loaded:
+    // refused, and so are the kernel's retry after a fresh lookup and dbm's second try.
+    for attempt in 0..3 {
+        e.saw_missing(ms(6 + attempt), &"s.dir", B);
+        assert_eq!(
+            e.request(ms(6 + attempt), &"s.dir", B, create),
+            Admission::Fenced
+        );
+    }
+    // Once A's new index exists, B renaming it away is refused as well.
+    let anew = granted(e.request(ms(10), &"s.dir", A, locked(Intent::Write)));
+    e.finish(ms(11), anew.lease, A, Outcome::Committed);
+    assert_eq!(
+        e.request(ms(12), &"s.dir", B, locked(Intent::Write)),
+        Admission::Fenced
+    );
+    // A create right after its own lookup goes ahead.
+    let mut e = engine();
+    e.saw_missing(ms(0), &"s.tmp", A);
+    granted(e.request(ms(0), &"s.tmp", A, locked(Intent::Write)));
+}
+
+#[test]
+fn a_cycle_whose_save_was_refused_ends_and_the_next_load_is_fresh() {
+    let mut e = engine();
+    let a = granted(e.request(ms(0), &"s", A, ask(Intent::Read)));
+    e.finish(ms(1), a.lease, A, Outcome::Read);
+    assert_eq!(
+        e.request(ms(2), &"s", B, locked(Intent::Write)),
+        Admission::OutOfTurn
+    );
+    e.commit_out_of_turn(ms(2), &"s", B, true);
+    assert_eq!(
+        e.request(ms(3), &"s", A, ask(Intent::Append)),
+        Admission::Fenced
+    );
+    e.tick(ms(3));
+    assert!(e.is_free(&"s"), "the refused cycle ended at once");
+    // Its view outlives it for saves made without a new read (dbm saving again when the
+    // refused database is collected)...
+    assert_eq!(
+        e.request(ms(4), &"s", A, locked(Intent::Write)),
+        Admission::Fenced
+    );
+    // ...but the holder's next load reads afresh, and its save goes through.
+    let again = granted(e.request(ms(5), &"s", A, ask(Intent::Read)));
+    assert_ne!(again.lease, a.lease);
+    e.finish(ms(6), again.lease, A, Outcome::Read);
+    let save = granted(e.request(ms(7), &"s", A, ask(Intent::Append)));
+    assert!(
+        e.finish(ms(8), save.lease, A, Outcome::Committed)
+            .is_empty()
+    );
+    assert_eq!(e.counters().fenced_commits, 2);
+    e.check_deadline_index();
 }
