@@ -400,6 +400,31 @@ impl<K: Key> Driver<K> {
     /// is that cycle's temp file and stays leased until the cycle ends, so nobody truncates
     /// it before its rename. False when there is no such cycle (end the use yourself).
     pub fn tie_to_cycle(&self, temp: &K, holder: ProcessId, wrote: bool) -> bool {
+        if self.tie_to_own_cycle(temp, holder, wrote) {
+            return true;
+        }
+        // The reader of the cycle may be the holder's child, exited without its exit
+        // reported yet: the shell of `{ cat f; echo k; } > f.tmp` closes the temp as soon
+        // as `cat` is gone. Its cycle passes to the shell first, or the temp's lease ended
+        // here and another script truncated the temp before this one's `mv`.
+        let readers = self
+            .engine
+            .lock()
+            .other_readers(holder, |key| key.beside(temp));
+        let dead: Vec<ProcessId> = readers
+            .into_iter()
+            .filter(|reader| !self.processes.is_alive(*reader))
+            .collect();
+        if dead.is_empty() {
+            return false;
+        }
+        for reader in dead {
+            self.process_exited(reader);
+        }
+        self.tie_to_own_cycle(temp, holder, wrote)
+    }
+
+    fn tie_to_own_cycle(&self, temp: &K, holder: ProcessId, wrote: bool) -> bool {
         let mut engine = self.engine.lock();
         let cycle = engine.reading_cycle_of(holder, |key| key.beside(temp));
         cycle.is_some_and(|cycle| engine.tie(temp, holder, wrote, &cycle, true))

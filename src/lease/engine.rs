@@ -548,6 +548,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 Admission::OutOfTurn
             }
             _ => {
+                // A create refused because another process holds the name: the lookup
+                // that found it missing was this create's own, not a load the program
+                // built on (it gets ESTALE, not ENOENT). Kept, it refused every later
+                // save of the shell's shared temp name as stale.
+                self.consume_absence(key, holder, &ask);
                 self.counters.fenced_commits += 1;
                 Admission::Fenced
             }
@@ -978,6 +983,9 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                         }
                         false
                     }
+                    // A blind write that wrote nothing (an open for a retry that never
+                    // came, a create given up) has no cycle to linger for.
+                    Outcome::Read if *uses == 0 && *writing && current.view.is_none() => true,
                     Outcome::Read => {
                         if *uses == 0 {
                             *idle_since = Some(now);

@@ -32,6 +32,22 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             .cloned()
     }
 
+    /// The processes other than `holder` that read a file among those `wanted` picks.
+    pub fn other_readers(&self, holder: Holder, wanted: impl Fn(&K) -> bool) -> Vec<Holder> {
+        self.active
+            .values()
+            .filter(|key| wanted(key))
+            .filter_map(|key| match self.entries[key].lease.as_ref()?.mode {
+                Mode::Exclusive {
+                    holder: h,
+                    writing: false,
+                    ..
+                } if h != holder => Some(h),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Every live lease and queue, for `lockfs status`.
     pub fn snapshot(&self, now: Duration) -> Vec<LeaseView<K>> {
         let mut views: Vec<LeaseView<K>> = self

@@ -1387,3 +1387,39 @@ fn a_cycle_whose_save_was_refused_ends_and_the_next_load_is_fresh() {
     assert_eq!(e.counters().fenced_commits, 2);
     e.check_deadline_index();
 }
+
+#[test]
+fn a_create_refused_because_another_process_holds_the_name_leaves_no_absence_behind() {
+    // Shells sharing one temp name: A's `> f.tmp` finds it missing while B's lease on
+    // the name is reserved for B's retry, so A's create is refused. That lookup was the
+    // create's own, not a load: A's next `> f.tmp`, an open of B's temp once B is done,
+    // must not be judged on it.
+    let mut e = engine();
+    let b = granted(e.request(ms(0), &"f.tmp", B, locked(Intent::Write)));
+    e.saw_missing(ms(1), &"f.tmp", A);
+    assert_eq!(
+        e.request(ms(1), &"f.tmp", A, locked(Intent::Write)),
+        Admission::Fenced
+    );
+    e.finish(ms(2), b.lease, B, Outcome::Committed);
+    let save_in_place = Ask {
+        replaces: true,
+        ..ask(Intent::Write)
+    };
+    granted(e.request(ms(3), &"f.tmp", A, save_in_place));
+}
+
+#[test]
+fn a_blind_write_that_wrote_nothing_ends_at_once() {
+    let mut e = engine();
+    let a = granted(e.request(ms(0), &"s", A, ask(Intent::Write)));
+    let b = queued(e.request(ms(1), &"s", B, ask(Intent::Read)));
+    assert_eq!(grants(&e.finish(ms(2), a.lease, A, Outcome::Read)), vec![b]);
+    // A cycle that read lingers as before.
+    let mut e = engine();
+    let a = granted(e.request(ms(0), &"s", A, ask(Intent::Read)));
+    let save = granted(e.request(ms(1), &"s", A, ask(Intent::Write)));
+    e.finish(ms(1), a.lease, A, Outcome::Read);
+    queued(e.request(ms(2), &"s", B, ask(Intent::Read)));
+    assert!(e.finish(ms(3), save.lease, A, Outcome::Read).is_empty());
+}
