@@ -357,7 +357,7 @@ impl<K: Key> Driver<K> {
 
     fn undo_grant(&self, key: &K, process: ProcessId, granted: Granted) {
         if granted.out_of_turn {
-            self.commit_out_of_turn(key, process, false);
+            self.commit_out_of_turn(key, process, Outcome::Read);
         } else {
             self.finish(granted.grant.lease, process, Outcome::Read);
         }

@@ -370,12 +370,13 @@ impl<K: Key> Driver<K> {
         self.execute(actions);
     }
 
-    /// Ends a write let through out of turn; `wrote` when it changed the file.
-    pub fn commit_out_of_turn(&self, key: &K, holder: ProcessId, wrote: bool) {
+    /// Ends a write let through out of turn with its `outcome` (`Outcome::Read` when it
+    /// changed nothing).
+    pub fn commit_out_of_turn(&self, key: &K, holder: ProcessId, outcome: Outcome) {
         self.engine
             .lock()
-            .commit_out_of_turn(self.now(), key, holder, wrote);
-        if wrote {
+            .commit_out_of_turn(self.now(), key, holder, outcome);
+        if outcome != Outcome::Read {
             events::out_of_turn(&self.describe(key), holder, Some(&self.command_of(holder)));
         }
     }

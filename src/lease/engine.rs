@@ -167,6 +167,9 @@ pub(super) struct Lease {
     /// A save of this cycle was refused: its view ends with it, so the holder's next read
     /// is fresh (a re-read after a refusal launders nothing).
     pub(super) refused: bool,
+    /// Part of a store's save under way: its holder removed one of the store's files and
+    /// has not created it again, so the cycle does not linger out (see `kept.rs`).
+    pub(super) pending: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -324,6 +327,9 @@ pub struct Engine<K> {
     pub(super) prune_streaks_at: PruneAt,
     /// Reads beside a cycle now open, by the id their grant carries (see `beside`).
     pub(super) beside: HashMap<LeaseId, Beside<K>>,
+    /// When each process last kept a cycle after a save (see `kept.rs`): a removal by it
+    /// within the maximum hold after that is part of a store's save.
+    pub(super) kept_at: HashMap<Holder, Duration>,
 }
 
 impl<K: Clone + Eq + Hash> Engine<K> {
@@ -346,6 +352,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             prune_savers_at: PruneAt::default(),
             prune_streaks_at: PruneAt::default(),
             beside: HashMap::default(),
+            kept_at: HashMap::default(),
         }
     }
 
@@ -543,7 +550,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 self.teach_late_save(now, key, holder);
                 Admission::OutOfTurn
             }
-            Intent::Append => {
+            Intent::Append if !self.holder_is_writing(key) => {
                 self.consume_absence(key, holder, &ask);
                 Admission::OutOfTurn
             }
@@ -728,23 +735,42 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         }
     }
 
-    /// The outcome of a request answered [`Admission::OutOfTurn`].
-    pub fn commit_out_of_turn(&mut self, now: Duration, key: &K, holder: Holder, ok: bool) {
-        if !ok {
+    /// The outcome of a request answered [`Admission::OutOfTurn`] (`Outcome::Read` when it
+    /// failed and changed nothing).
+    pub fn commit_out_of_turn(&mut self, now: Duration, key: &K, holder: Holder, outcome: Outcome) {
+        if outcome == Outcome::Read {
             return;
         }
         self.counters.cycles_committed += 1;
         self.counters.out_of_turn += 1;
+        let seen_before = self
+            .seen
+            .get(&(key.clone(), holder))
+            .is_some_and(|seen| !seen.absent && !seen.inherited);
         let generation = self.bump(key);
         self.note_seen(key, holder, Seen::own_commit(generation, now));
+        if outcome == Outcome::Removed && seen_before {
+            self.take_over_after_removal(now, key, holder, generation);
+        }
     }
 
     /// A lookup by `holder` found no file at `key`: that absence is what its cycle reads.
     pub fn saw_missing(&mut self, now: Duration, key: &K, holder: Holder) {
-        if self.holds(key, holder) {
+        let lease = self.entries.get(key).and_then(|entry| entry.lease.as_ref());
+        let refused = lease.is_some_and(|lease| lease.refused);
+        if self.holds(key, holder) && !refused {
             return;
         }
-        let generation = self.generation(key);
+        // Missing while another process holds the name (or after somebody wrote out of turn
+        // over the asker's own cycle) is a moment of another process's cycle: dbm.dumb has
+        // renamed its index away and creates it again next. A save built on it would drop
+        // what that cycle writes back, so it is older than the file.
+        let mid_cycle = lease.is_some();
+        let generation = if mid_cycle {
+            self.generation(key).saturating_sub(1)
+        } else {
+            self.generation(key)
+        };
         let current = self.seen.get(&(key.clone(), holder)).copied();
         let keep = current.is_some_and(|seen| {
             !seen.committed && now.saturating_sub(seen.at) <= self.policy.max_linger
@@ -837,6 +863,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             kept: false,
             yielded: false,
             refused: false,
+            pending: false,
         });
         self.active.insert(id, key.clone());
         self.schedule(key);
@@ -965,6 +992,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                         // own commit.
                         current.view = generation;
                         current.kept = true;
+                        self.kept_at.insert(holder, now);
                         *writing = true;
                         if *uses == 0 {
                             *idle_since = Some(now);
@@ -1019,6 +1047,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         if ended && wrote && exclusive && had_view {
             let generation = generation.expect("wrote");
             self.note_seen(&key, holder, Seen::own_commit(generation, now));
+        }
+        match outcome {
+            Outcome::Removed if !ended => self.hold_store_save(now, holder),
+            Outcome::Committed => self.end_store_save(holder),
+            Outcome::Read | Outcome::Removed => {}
         }
         if ended {
             self.end_lease(&key);
@@ -1215,6 +1248,9 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             return (Duration::ZERO, false);
         }
         let hold = lease.granted_at.saturating_add(self.policy.max_hold);
+        if lease.pending {
+            return (hold, true);
+        }
         if lease.tied {
             return (hold, true);
         }
@@ -1306,7 +1342,15 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             }
         };
         let holder = *holder;
-        self.note_seen(key, holder, seen);
+        // The holder found the name missing after this cycle had gone dead (somebody
+        // renamed it away out of turn): that absence is its newer view.
+        let newer_absence = self
+            .seen
+            .get(&(key.clone(), holder))
+            .is_some_and(|seen| seen.absent && seen.at >= lease.granted_at);
+        if !newer_absence {
+            self.note_seen(key, holder, seen);
+        }
     }
 
     /// The deadline index never files a lease later than its deadline (for tests).

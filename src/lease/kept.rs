@@ -11,12 +11,22 @@
 //! reading one of those files again. With others waiting, that read ends every kept cycle
 //! of the holder at once and queues behind them; with nobody waiting, it begins a fresh
 //! cycle in place.
+//!
+//! Between renaming `.dir` away and creating it again, the name is missing, and a lookup
+//! cannot wait: another process that loads the store then finds no index and would save
+//! one holding only its own key. So a removal by a holder that keeps cycles (or kept one
+//! within the maximum hold: descheduled for longer than the linger after its append, its
+//! kept cycles had ended before it renamed the index away) is a store's save under way:
+//! it and the holder's kept cycles hold until the re-create, the holder's exit, or the
+//! maximum hold, instead of lingering out. And a lookup that finds a name missing while
+//! another process holds it counts as older than the file, so a save built on it is
+//! refused. The exhaustive check of both is `model_stores.rs`.
 
 use std::hash::Hash;
 use std::time::Duration;
 
 use super::Holder;
-use super::engine::{Engine, Lease, Mode, Seen};
+use super::engine::{Engine, Lease, LeaseId, Mode, Seen};
 
 impl<K: Clone + Eq + Hash> Engine<K> {
     /// Whether `holder`'s save of `key`, which it read in this cycle, keeps the cycle
@@ -80,6 +90,120 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         lease.view = None;
         lease.granted_at = now;
         self.schedule(key);
+    }
+
+    /// `holder` removed a file of its cycle: if it keeps cycles on other files, or kept
+    /// one lately (a store's save under way), they and the removed one hold until the
+    /// name is created again.
+    pub(super) fn hold_store_save(&mut self, now: Duration, holder: Holder) {
+        let keys = self.cycles_of(holder);
+        let lately = self
+            .kept_at
+            .get(&holder)
+            .is_some_and(|at| now.saturating_sub(*at) <= self.policy.max_hold);
+        let store = lately
+            || keys.iter().any(|key| {
+                self.entries[key]
+                    .lease
+                    .as_ref()
+                    .is_some_and(|lease| lease.kept)
+            });
+        if store {
+            self.mark_pending(&keys, true);
+        }
+    }
+
+    /// `holder` committed a file: a store's save it held is no longer under way.
+    pub(super) fn end_store_save(&mut self, holder: Holder) {
+        let keys = self.cycles_of(holder);
+        let pending = keys.iter().any(|key| {
+            self.entries[key]
+                .lease
+                .as_ref()
+                .is_some_and(|lease| lease.pending)
+        });
+        if pending {
+            self.mark_pending(&keys, false);
+        }
+    }
+
+    /// `holder` renamed `key` away out of turn, over another process's cycle that can no
+    /// longer commit: the removal is a moment of `holder`'s own cycle (dbm.dumb renames its
+    /// index away to create it again), so that cycle takes the name over until the
+    /// re-create, as if it had held it. Left without a lease, the name looked simply
+    /// missing to the next process that loaded the store.
+    pub(super) fn take_over_after_removal(
+        &mut self,
+        now: Duration,
+        key: &K,
+        holder: Holder,
+        generation: u64,
+    ) {
+        let Some(lease) = self
+            .entries
+            .get_mut(key)
+            .and_then(|entry| entry.lease.as_mut())
+        else {
+            return;
+        };
+        if !matches!(lease.mode, Mode::Exclusive { .. }) || !lease.ties.is_empty() || lease.tied {
+            return;
+        }
+        lease.refused = true;
+        self.remember_view(now, key);
+        self.end_lease(key);
+        let id = LeaseId(self.fresh_id());
+        let entry = self.entries.get_mut(key).expect("entry exists");
+        entry.lease = Some(Lease {
+            id,
+            mode: Mode::Exclusive {
+                holder,
+                uses: 0,
+                writing: true,
+                idle_since: Some(now),
+                read_done_at: None,
+            },
+            granted_at: now,
+            scheduled: None,
+            view: Some(generation),
+            ties: Vec::new(),
+            tied: false,
+            passed: false,
+            kept: false,
+            yielded: false,
+            refused: false,
+            pending: false,
+        });
+        self.active.insert(id, key.clone());
+        self.schedule(key);
+        self.hold_store_save(now, holder);
+    }
+
+    /// The keys of `holder`'s untied exclusive cycles.
+    fn cycles_of(&self, holder: Holder) -> Vec<K> {
+        self.active
+            .values()
+            .filter(|key| {
+                self.entries[*key]
+                    .lease
+                    .as_ref()
+                    .is_some_and(|lease| holds_cycle(lease, holder))
+            })
+            .cloned()
+            .collect()
+    }
+
+    fn mark_pending(&mut self, keys: &[K], pending: bool) {
+        for key in keys {
+            if let Some(lease) = self
+                .entries
+                .get_mut(key)
+                .and_then(|entry| entry.lease.as_mut())
+            {
+                lease.pending = pending;
+            }
+            self.schedule(key);
+        }
     }
 
     /// Ends an idle lease at its linger (or yielded): a kept cycle as the commit it was, any

@@ -319,7 +319,8 @@ impl World {
                         true
                     }
                     Admission::OutOfTurn => {
-                        self.engine.commit_out_of_turn(now, &KEY, process, true);
+                        self.engine
+                            .commit_out_of_turn(now, &KEY, process, Outcome::Committed);
                         true
                     }
                     Admission::Fenced => false,

@@ -668,7 +668,7 @@ fn a_locked_request_never_queues() {
         e.request(ms(1), &"s", B, locked(Intent::Write)),
         Admission::OutOfTurn
     );
-    e.commit_out_of_turn(ms(1), &"s", B, true);
+    e.commit_out_of_turn(ms(1), &"s", B, Outcome::Committed);
     assert_eq!(
         e.request(ms(2), &"s", A, locked(Intent::Write)),
         Admission::Fenced
@@ -1362,7 +1362,7 @@ fn a_cycle_whose_save_was_refused_ends_and_the_next_load_is_fresh() {
         e.request(ms(2), &"s", B, locked(Intent::Write)),
         Admission::OutOfTurn
     );
-    e.commit_out_of_turn(ms(2), &"s", B, true);
+    e.commit_out_of_turn(ms(2), &"s", B, Outcome::Committed);
     assert_eq!(
         e.request(ms(3), &"s", A, ask(Intent::Append)),
         Admission::Fenced

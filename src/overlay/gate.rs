@@ -347,9 +347,8 @@ impl Gate {
     pub fn finish(&self, held: &Held, outcome: Outcome) {
         tracing::trace!(path = %self.names.path_of(&held.key), pid = held.holder.pid, ?outcome, "finish");
         if held.out_of_turn {
-            let wrote = outcome != Outcome::Read;
             self.driver
-                .commit_out_of_turn(&held.key, held.holder, wrote);
+                .commit_out_of_turn(&held.key, held.holder, outcome);
             return;
         }
         self.driver.finish(held.grant.lease, held.holder, outcome);
