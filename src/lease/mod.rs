@@ -15,6 +15,7 @@ mod family;
 mod kept;
 mod policy;
 mod query;
+mod seen;
 mod view;
 
 pub use engine::{Action, Admission, Ask, Engine, Grant, Intent, LeaseId, Outcome, WaitId};
