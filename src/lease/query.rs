@@ -66,7 +66,10 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                                 writing,
                                 ..
                             } => {
-                                let state = if *writing {
+                                // A cycle kept after a save in place waits for its holder's
+                                // next step as a read-only one waits for its save.
+                                let kept_idle = lease.kept && *uses == 0;
+                                let state = if *writing && !kept_idle {
                                     LeaseState::Writing
                                 } else if *uses == 0 {
                                     LeaseState::Lingering

@@ -1286,6 +1286,12 @@ fn a_kept_cycle_begins_afresh_at_its_holders_next_read_when_nobody_waits() {
 fn a_kept_cycle_lingers_out_and_ends_at_its_holders_exit() {
     let mut e = engine();
     dbm_session(&mut e, A, 0);
+    let states: Vec<LeaseState> = e.snapshot(ms(8)).iter().map(|view| view.state).collect();
+    assert_eq!(
+        states,
+        vec![LeaseState::Lingering; 2],
+        "lockfs status shows them lingering"
+    );
     let b = queued(e.request(ms(10), &"s.dir", B, ask(Intent::Read)));
     assert!(
         e.tick(ms(7 + 49)).is_empty(),
