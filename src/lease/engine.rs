@@ -39,6 +39,8 @@ pub struct Ask {
     /// A rename or link onto the name: a save that may rest on having found the name
     /// missing (a first save). Other writes are not judged on an absence seen.
     pub replaces: bool,
+    /// A create of the name (CREATE: the kernel just looked it up and found it missing).
+    pub creates: bool,
     /// The requesting thread (0 when the front end cannot tell): only the process's main
     /// thread (thread == pid) re-reads in its cycle; see `continues_cycle`.
     pub thread: u32,
@@ -54,6 +56,7 @@ impl Ask {
             concurrent: false,
             locked: false,
             replaces: false,
+            creates: false,
             thread: 0,
             max_wait: None,
         }
@@ -223,6 +226,9 @@ pub(super) struct Seen {
     /// Passed on from a child that exited: it judges the saves of the process's other
     /// children (the shell's `mv`), not the process's own writes.
     pub(super) inherited: bool,
+    /// An absence that a later lookup found again: it was loaded before the lookup that
+    /// precedes the save (dbm's index), not found by that lookup alone.
+    pub(super) renewed: bool,
 }
 
 impl Seen {
@@ -235,6 +241,7 @@ impl Seen {
             read_done_at: Some(now),
             absent: false,
             inherited: false,
+            renewed: false,
         }
     }
 
@@ -517,7 +524,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 Some(Mode::Shared { .. })
             );
         if self.creates_on_a_stale_absence(key, holder, &ask) {
-            // Kept as it is, the absence refuses the kernel's retry too.
+            self.forget_absence_of_refused_create(key, holder, &ask);
             self.counters.fenced_commits += 1;
             return Admission::Fenced;
         }
@@ -555,11 +562,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 Admission::OutOfTurn
             }
             _ => {
-                // A create refused because another process holds the name: the lookup
-                // that found it missing was this create's own, not a load the program
-                // built on (it gets ESTALE, not ENOENT). Kept, it refused every later
-                // save of the shell's shared temp name as stale.
-                self.consume_absence(key, holder, &ask);
+                self.forget_absence_of_refused_create(key, holder, &ask);
                 self.counters.fenced_commits += 1;
                 Admission::Fenced
             }

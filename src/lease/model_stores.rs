@@ -98,9 +98,13 @@ fn request_for(op: Op, process: Holder, index_exists: bool) -> Option<(&'static 
         thread: process.pid,
         ..Ask::new(intent)
     };
-    let create = |intent| Ask {
+    let locked = |intent| Ask {
         locked: true,
         ..plain(intent)
+    };
+    let create = |intent| Ask {
+        creates: true,
+        ..locked(intent)
     };
     Some(match op {
         Op::Read(DIR) if !index_exists => return None,
@@ -114,7 +118,7 @@ fn request_for(op: Op, process: Holder, index_exists: bool) -> Option<(&'static 
         ),
         Op::AppendKey if index_exists => (DIR, plain(Intent::Append)),
         Op::AppendKey => (DIR, create(Intent::Append)),
-        Op::RenameIndexAway if index_exists => (DIR, create(Intent::Write)),
+        Op::RenameIndexAway if index_exists => (DIR, locked(Intent::Write)),
         Op::RenameIndexAway => return None,
         // open(O_WRONLY|O_CREAT|O_TRUNC) of an index that exists is an OPEN, which may wait.
         Op::CreateIndex if index_exists => (
@@ -243,6 +247,11 @@ impl World {
             "t={:?} pid {} {op:?} (index {:?})",
             self.now, process.pid, self.index
         ));
+        let creates = matches!(op, Op::AppendKey | Op::CreateIndex) && self.index.is_none();
+        if creates {
+            // The kernel looks the name up before it sends CREATE.
+            self.engine.saw_missing(self.now, &DIR, process);
+        }
         match request_for(op, process, self.index.is_some()) {
             None => {
                 if op == Op::Read(DIR) {

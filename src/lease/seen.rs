@@ -94,6 +94,23 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         }
     }
 
+    /// A create refused (the name is held by another process, or the absence it rests on
+    /// is older than the file): if only this create's own lookup found the name missing
+    /// (a shell's `> store.tmp` while another script holds the temp name), that was never
+    /// a load, and it goes; kept, every later save of the temp was refused as stale. An
+    /// absence the program loaded before (found again by this lookup: dbm's index), or
+    /// one that a rename away or an unlink rests on, stays and refuses the kernel's retry
+    /// and the program's next try too.
+    pub(super) fn forget_absence_of_refused_create(&mut self, key: &K, holder: Holder, ask: &Ask) {
+        let own_lookup = self
+            .seen
+            .get(&(key.clone(), holder))
+            .is_some_and(|seen| !seen.renewed);
+        if ask.creates && own_lookup {
+            self.consume_absence(key, holder, ask);
+        }
+    }
+
     /// A refused save ends the cycle it was built on: the process's next read is fresh.
     /// An absence stays as it was: the process has read nothing since, so its next save
     /// (dbm.dumb saves again when the refused database is collected) still rests on it,
@@ -127,7 +144,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         let keep = current.is_some_and(|seen| {
             !seen.committed && now.saturating_sub(seen.at) <= self.policy.max_linger
         });
-        if !keep {
+        if keep {
+            if let Some(seen) = self.seen.get_mut(&(key.clone(), holder)) {
+                seen.renewed = true;
+            }
+        } else {
             self.entries.entry(key.clone()).or_insert_with(|| Entry {
                 generation,
                 ..Entry::default()

@@ -1401,12 +1401,15 @@ fn a_create_refused_because_another_process_holds_the_name_leaves_no_absence_beh
     // create's own, not a load: A's next `> f.tmp`, an open of B's temp once B is done,
     // must not be judged on it.
     let mut e = engine();
+    let earlier = granted(e.request(ms(0), &"f.tmp", C, locked(Intent::Write)));
+    e.finish(ms(0), earlier.lease, C, Outcome::Committed);
     let b = granted(e.request(ms(0), &"f.tmp", B, locked(Intent::Write)));
     e.saw_missing(ms(1), &"f.tmp", A);
-    assert_eq!(
-        e.request(ms(1), &"f.tmp", A, locked(Intent::Write)),
-        Admission::Fenced
-    );
+    let create = Ask {
+        creates: true,
+        ..locked(Intent::Write)
+    };
+    assert_eq!(e.request(ms(1), &"f.tmp", A, create), Admission::Fenced);
     e.finish(ms(2), b.lease, B, Outcome::Committed);
     let save_in_place = Ask {
         replaces: true,

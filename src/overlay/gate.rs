@@ -44,6 +44,9 @@ pub struct Ask {
     pub locked: bool,
     /// A rename or link onto the name (a save).
     pub replaces: bool,
+    /// A create of the name (CREATE: the kernel looked it up just before and found it
+    /// missing).
+    pub creates: bool,
 }
 
 impl Ask {
@@ -55,6 +58,7 @@ impl Ask {
             intent: Intent::Write,
             locked: true,
             replaces: false,
+            creates: false,
         }
     }
 
@@ -234,6 +238,7 @@ impl Gate {
             intent,
             locked,
             replaces,
+            creates,
         } = ask;
         let holder = match self.driver.process_of_thread(caller.pid) {
             Ok(holder) => holder,
@@ -261,6 +266,7 @@ impl Gate {
             concurrent: intent == Intent::Read && self.opened_elsewhere(holder, caller, &key),
             locked,
             replaces,
+            creates,
             thread: caller.pid,
             ..crate::lease::Ask::new(intent)
         };

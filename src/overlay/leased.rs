@@ -113,6 +113,7 @@ impl Leased {
             // having found the file missing (keyv-file's first load, then writeFile) is
             // refused once someone else created the file, instead of writing over it.
             replaces: intent == Intent::Write,
+            creates: false,
         };
         self.with_lease(ask, reply, move |core, gate, held, reply| {
             // A retried read whose name was replaced again meanwhile (a blind save went
@@ -175,6 +176,7 @@ impl Leased {
             intent,
             locked: true,
             replaces: false,
+            creates: true,
         };
         self.with_lease(ask, reply, move |core, gate, held, reply| {
             match core.create(caller, held.key.0, &held.key.1, mode, flags) {
