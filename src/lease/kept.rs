@@ -96,11 +96,12 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     /// one lately (a store's save under way), they and the removed one hold until the
     /// name is created again.
     pub(super) fn hold_store_save(&mut self, now: Duration, holder: Holder) {
+        // Every kept cycle stamped `kept_at`: a holder without one keeps none.
+        let Some(kept_at) = self.kept_at.get(&holder) else {
+            return;
+        };
+        let lately = now.saturating_sub(*kept_at) <= self.policy.max_hold;
         let keys = self.cycles_of(holder);
-        let lately = self
-            .kept_at
-            .get(&holder)
-            .is_some_and(|at| now.saturating_sub(*at) <= self.policy.max_hold);
         let store = lately
             || keys.iter().any(|key| {
                 self.entries[key]
@@ -115,6 +116,9 @@ impl<K: Clone + Eq + Hash> Engine<K> {
 
     /// `holder` committed a file: a store's save it held is no longer under way.
     pub(super) fn end_store_save(&mut self, holder: Holder) {
+        if !self.kept_at.contains_key(&holder) {
+            return;
+        }
         let keys = self.cycles_of(holder);
         let pending = keys.iter().any(|key| {
             self.entries[key]
@@ -193,16 +197,21 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             .collect()
     }
 
+    /// Marks the cycles on `keys`; only those that change are filed again (git prunes a
+    /// thousand objects it read, each a removal: filing every cycle at each was quadratic).
     fn mark_pending(&mut self, keys: &[K], pending: bool) {
         for key in keys {
-            if let Some(lease) = self
+            let Some(lease) = self
                 .entries
                 .get_mut(key)
                 .and_then(|entry| entry.lease.as_mut())
-            {
+            else {
+                continue;
+            };
+            if lease.pending != pending {
                 lease.pending = pending;
+                self.schedule(key);
             }
-            self.schedule(key);
         }
     }
 
