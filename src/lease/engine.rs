@@ -175,6 +175,26 @@ pub(super) struct Lease {
     pub(super) pending: bool,
 }
 
+impl Lease {
+    /// A lease of `mode` granted at `now`, its cycle's view `view`.
+    pub(super) fn new(id: LeaseId, mode: Mode, now: Duration, view: Option<u64>) -> Lease {
+        Lease {
+            id,
+            mode,
+            granted_at: now,
+            scheduled: None,
+            view,
+            ties: Vec::new(),
+            tied: false,
+            passed: false,
+            kept: false,
+            yielded: false,
+            refused: false,
+            pending: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub(super) struct Waiter {
     pub(super) id: WaitId,
@@ -731,20 +751,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             },
         };
         let entry = self.entries.get_mut(key).expect("entry exists");
-        entry.lease = Some(Lease {
-            id,
-            mode,
-            granted_at: now,
-            scheduled: None,
-            view,
-            ties: Vec::new(),
-            tied: false,
-            passed: false,
-            kept: false,
-            yielded: false,
-            refused: false,
-            pending: false,
-        });
+        entry.lease = Some(Lease::new(id, mode, now, view));
         self.active.insert(id, key.clone());
         self.schedule(key);
         Grant {

@@ -51,8 +51,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     /// The holder's next load begins while others wait: every cycle it kept after a save
     /// ends at the next tick, in FIFO order with the waiters.
     pub(super) fn yield_kept(&mut self, holder: Holder) {
-        let keys: Vec<K> = self.active.values().cloned().collect();
-        for key in keys {
+        for key in self.cycles_of(holder) {
             let Some(lease) = self
                 .entries
                 .get_mut(&key)
@@ -60,7 +59,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             else {
                 continue;
             };
-            if lease.kept && holds_cycle(lease, holder) {
+            if lease.kept {
                 lease.yielded = true;
                 self.schedule(&key);
             }
@@ -119,16 +118,9 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         if !self.kept_at.contains_key(&holder) {
             return;
         }
+        // Only cycles still marked change, and only those are filed again.
         let keys = self.cycles_of(holder);
-        let pending = keys.iter().any(|key| {
-            self.entries[key]
-                .lease
-                .as_ref()
-                .is_some_and(|lease| lease.pending)
-        });
-        if pending {
-            self.mark_pending(&keys, false);
-        }
+        self.mark_pending(&keys, false);
     }
 
     /// `holder` renamed `key` away out of turn, over another process's cycle that can no
@@ -157,27 +149,15 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         self.remember_view(now, key);
         self.end_lease(key);
         let id = LeaseId(self.fresh_id());
+        let removed = Mode::Exclusive {
+            holder,
+            uses: 0,
+            writing: true,
+            idle_since: Some(now),
+            read_done_at: None,
+        };
         let entry = self.entries.get_mut(key).expect("entry exists");
-        entry.lease = Some(Lease {
-            id,
-            mode: Mode::Exclusive {
-                holder,
-                uses: 0,
-                writing: true,
-                idle_since: Some(now),
-                read_done_at: None,
-            },
-            granted_at: now,
-            scheduled: None,
-            view: Some(generation),
-            ties: Vec::new(),
-            tied: false,
-            passed: false,
-            kept: false,
-            yielded: false,
-            refused: false,
-            pending: false,
-        });
+        entry.lease = Some(Lease::new(id, removed, now, Some(generation)));
         self.active.insert(id, key.clone());
         self.schedule(key);
         self.hold_store_save(now, holder);
