@@ -387,6 +387,12 @@ impl<K: Key> Driver<K> {
         self.engine.lock().saw_missing(self.now(), key, holder);
     }
 
+    /// `holder` found nothing at `key` again, in the kernel's retry of a refused request:
+    /// an absence it loaded before stays the one its saves rest on.
+    pub fn saw_missing_again(&self, key: &K, holder: ProcessId) {
+        self.engine.lock().saw_missing_again(key, holder);
+    }
+
     /// Forgets the lease history of the files `gone` picks (their directory was removed).
     pub fn forget_files(&self, gone: impl Fn(&K) -> bool) {
         self.engine.lock().forget_files(gone);

@@ -807,6 +807,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         }
         let wrote = outcome != Outcome::Read;
         let keeps = outcome == Outcome::Committed && self.keeps_after_commit(&key, holder);
+        let before = self.generation(&key);
         let generation = if wrote { Some(self.bump(&key)) } else { None };
         let entry = self
             .entries
@@ -883,6 +884,9 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         let exclusive = matches!(current.mode, Mode::Exclusive { .. });
         // A process that read the file knows its own save; a blind writer keeps no view.
         let had_view = current.view.is_some() || self.seen.contains_key(&(key.clone(), holder));
+        if wrote && !exclusive {
+            self.carry_view_over_append(&key, holder, before);
+        }
         if ended && wrote && exclusive {
             self.read_streaks.remove(&(key.clone(), holder));
         }

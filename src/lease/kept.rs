@@ -145,8 +145,21 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         if !matches!(lease.mode, Mode::Exclusive { .. }) || !lease.ties.is_empty() || lease.tied {
             return;
         }
+        let Mode::Exclusive {
+            holder: overtaken, ..
+        } = lease.mode
+        else {
+            return;
+        };
         lease.refused = true;
         self.remember_view(now, key);
+        // The overtaken process has not been told: what it read still judges its saves,
+        // and a lookup of the name it finds missing now must not replace it.
+        if let Some(seen) = self.seen.get_mut(&(key.clone(), overtaken))
+            && !seen.absent
+        {
+            seen.committed = false;
+        }
         self.end_lease(key);
         let id = LeaseId(self.fresh_id());
         let removed = Mode::Exclusive {

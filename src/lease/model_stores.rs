@@ -141,8 +141,9 @@ fn outcome_of(op: Op) -> Outcome {
 }
 
 impl World {
-    /// `a_sessions` of process A and `b_sessions` of B, from a database that exists.
-    fn new(a_sessions: usize, b_sessions: usize) -> World {
+    /// `a_sessions` of process A and `b_sessions` of B, from a database whose index
+    /// exists (`index_exists`) or not yet.
+    fn new(a_sessions: usize, b_sessions: usize, index_exists: bool) -> World {
         let session = |process, sessions: usize| Session {
             process,
             program: SESSION.repeat(sessions),
@@ -154,7 +155,7 @@ impl World {
         World {
             engine: Engine::new(policy()),
             sessions: vec![session(A, a_sessions), session(B, b_sessions)],
-            index: Some(BTreeSet::new()),
+            index: index_exists.then(BTreeSet::new),
             acknowledged: BTreeSet::new(),
             killed: false,
             now: Duration::ZERO,
@@ -247,11 +248,29 @@ impl World {
     }
 
     fn step(&mut self, index: usize) {
+        self.attempt(index, true);
+        let session = &mut self.sessions[index];
+        let process = session.process;
+        if session.next >= session.program.len() && session.waiting.is_none() && !session.dead {
+            session.dead = true;
+            let actions = self.engine.holder_exited(self.now, process, None);
+            self.apply(actions);
+        }
+    }
+
+    /// The kernel's request for the op at `index`'s turn. A request that holds the
+    /// directory lock and is refused with ESTALE is sent again once after a fresh lookup
+    /// (`may_retry`): a refused create of an index that somebody else has created since
+    /// comes back as an OPEN with O_TRUNC of that file.
+    fn attempt(&mut self, index: usize, may_retry: bool) {
         let session = &self.sessions[index];
         let (process, op) = (session.process, session.program[session.next]);
         self.log.push(format!(
-            "t={:?} pid {} {op:?} (index {:?})",
-            self.now, process.pid, self.index
+            "t={:?} pid {} {op:?}{} (index {:?})",
+            self.now,
+            process.pid,
+            if may_retry { "" } else { " retried" },
+            self.index
         ));
         let creates = matches!(op, Op::AppendKey | Op::CreateIndex) && self.index.is_none();
         if creates {
@@ -272,6 +291,7 @@ impl World {
                     self.engine
                         .commit_out_of_turn(self.now, &key, process, outcome_of(op));
                 }
+                Admission::Fenced if ask.locked && may_retry => self.attempt(index, false),
                 Admission::Fenced => self.refuse(index),
                 Admission::Queued(wait) => {
                     assert!(!ask.locked, "a locked request was parked");
@@ -284,12 +304,6 @@ impl World {
                     self.sessions[index].waiting = Some(wait);
                 }
             },
-        }
-        let session = &mut self.sessions[index];
-        if session.next >= session.program.len() && session.waiting.is_none() && !session.dead {
-            session.dead = true;
-            let actions = self.engine.holder_exited(self.now, process, None);
-            self.apply(actions);
         }
     }
 
@@ -381,10 +395,15 @@ fn explore(world: World, leaves: &mut u64) {
 /// two is 6 million interleavings, over a minute).
 #[test]
 fn every_interleaving_of_two_dbm_processes_keeps_every_key() {
-    for (a, b) in [(2, 1), (1, 2)] {
-        let mut leaves = 0;
-        explore(World::new(a, b), &mut leaves);
-        assert!(leaves > 100_000, "explored only {leaves} interleavings");
-        eprintln!("{a} sessions against {b}: explored {leaves} interleavings");
+    for index_exists in [true, false] {
+        for (a, b) in [(2, 1), (1, 2)] {
+            let mut leaves = 0;
+            explore(World::new(a, b, index_exists), &mut leaves);
+            assert!(leaves > 100_000, "explored only {leaves} interleavings");
+            eprintln!(
+                "{a} sessions against {b}, index exists: {index_exists}: \
+                 explored {leaves} interleavings"
+            );
+        }
     }
 }

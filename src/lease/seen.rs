@@ -83,14 +83,45 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     /// CREATE for one open(O_CREAT) while it holds the directory lock, so nothing came in
     /// between, and the gap between them is no read-to-save gap to learn a linger from.
     /// Kept, the view held every temp name a writer ever created (about 1.5 KB each).
+    ///
+    /// An absence the process loaded (found again by the create's own lookup: dbm's
+    /// index, created by appending its first key) becomes what the process knows of the
+    /// file it creates: its own commit. Renaming that file away is then part of its cycle
+    /// (the name stays held until the re-create), not a blind removal that frees the name
+    /// for another process to create from an index without this one's key.
     pub(super) fn consume_absence(&mut self, key: &K, holder: Holder, ask: &Ask) {
         if !ask.locked || ask.replaces {
             return;
         }
+        let generation = self.generation(key);
         let slot = (key.clone(), holder);
-        if self.seen.get(&slot).is_some_and(|seen| seen.absent) {
-            self.seen.remove(&slot);
-            entry_seen_by(&mut self.entries, key, -1);
+        match self.seen.get_mut(&slot) {
+            Some(seen) if seen.absent && seen.renewed && !seen.inherited => {
+                *seen = Seen {
+                    at: seen.at,
+                    ..Seen::own_commit(generation, seen.at)
+                };
+            }
+            Some(seen) if seen.absent => {
+                self.seen.remove(&slot);
+                entry_seen_by(&mut self.entries, key, -1);
+            }
+            _ => {}
+        }
+    }
+
+    /// An append by a process whose view was current when it wrote (nobody else
+    /// committed in between) leaves that view current: the file is what it knew plus its
+    /// own line.
+    pub(super) fn carry_view_over_append(&mut self, key: &K, holder: Holder, before: u64) {
+        let generation = self.generation(key);
+        if let Some(seen) = self.seen.get_mut(&(key.clone(), holder))
+            && !seen.absent
+            && !seen.inherited
+            && seen.committed
+            && seen.generation == before
+        {
+            seen.generation = generation;
         }
     }
 
@@ -141,8 +172,16 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             self.generation(key)
         };
         let current = self.seen.get(&(key.clone(), holder)).copied();
+        // A read the process has not saved from still judges its saves for the maximum
+        // hold, as a re-read would not replace it (fencing is on the first read).
         let keep = current.is_some_and(|seen| {
-            !seen.committed && now.saturating_sub(seen.at) <= self.policy.max_linger
+            let age = now.saturating_sub(seen.at);
+            !seen.committed
+                && if seen.absent {
+                    age <= self.policy.max_linger
+                } else {
+                    !seen.inherited && age <= self.policy.max_hold
+                }
         });
         if keep {
             if let Some(seen) = self.seen.get_mut(&(key.clone(), holder)) {
@@ -158,6 +197,20 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 ..Seen::read(generation, now)
             };
             self.note_seen(key, holder, absent);
+        }
+    }
+
+    /// The kernel's fresh lookup before it retries a refused request found the name
+    /// missing again. It records no new absence (the retry must not rest on one), but an
+    /// absence the process loaded before is renewed: dbm.dumb, refused while renaming its
+    /// index away, creates it next, and that create must not pass for one that only its
+    /// own lookup found missing (a temp name), or its retry as an O_TRUNC open of the
+    /// index somebody else created since would write the stale index over it.
+    pub fn saw_missing_again(&mut self, key: &K, holder: Holder) {
+        if let Some(seen) = self.seen.get_mut(&(key.clone(), holder))
+            && seen.absent
+        {
+            seen.renewed = true;
         }
     }
 

@@ -311,10 +311,12 @@ impl Gate {
             .lock()
             .get(&(caller.pid, key.clone()))
             .is_some_and(|at| now.saturating_sub(*at) < REFUSAL_RETRY);
-        if retrying {
+        let Ok(holder) = self.driver.process_of_thread(caller.pid) else {
             return;
-        }
-        if let Ok(holder) = self.driver.process_of_thread(caller.pid) {
+        };
+        if retrying {
+            self.driver.saw_missing_again(key, holder);
+        } else {
             self.driver.saw_missing(key, holder);
         }
     }
