@@ -8,13 +8,14 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuser::Errno;
 use parking_lot::Mutex;
 
 use super::Caller;
 use super::handles::FileHandle;
+use super::inodes::Inode;
 use super::names::Names;
 pub use super::names::{ExcludeFn, FileKey};
 use super::passthrough::Overlay;
@@ -26,6 +27,8 @@ use crate::sys;
 
 /// How long after a refusal the kernel's retry of it is expected (it comes at once).
 const REFUSAL_RETRY: Duration = Duration::from_secs(1);
+/// How long a thread's lookup counts as the path walk of its next open.
+const WALK_WINDOW: Duration = Duration::from_secs(1);
 
 /// How long a lease waits for the kernel to retry an open answered with ESTALE.
 const RETRY_WINDOW: Duration = Duration::from_millis(1000);
@@ -135,7 +138,16 @@ pub struct Gate {
     /// Opens for writing of a just-renamed inode answered ESTALE: by thread, the nodeid
     /// and when. The thread's next open is the kernel's retry (see `must_look_up_again`).
     moved_refusals: Mutex<HashMap<u32, (u64, Duration)>>,
+    /// The last managed name each thread looked up and found, the nodeid and when: the
+    /// path walk of the thread's next open (see `walked_a_moved_name`).
+    walks: Mutex<HashMap<u32, Walk>>,
     pub names: Names,
+}
+
+struct Walk {
+    key: FileKey,
+    nodeid: u64,
+    at: Instant,
 }
 
 impl Gate {
@@ -156,6 +168,7 @@ impl Gate {
             released_closes: Mutex::new(HashMap::default()),
             recent_writes: Mutex::new(HashMap::default()),
             moved_refusals: Mutex::new(HashMap::default()),
+            walks: Mutex::new(HashMap::default()),
             names: Names::new(core.clone(), user_excluded),
         });
         let frontend: Arc<dyn Frontend<FileKey>> = gate.clone();
@@ -418,6 +431,43 @@ impl Gate {
                 true
             }
         }
+    }
+
+    /// `tid` looked up the managed name `key` and found `nodeid`.
+    pub fn note_walk(&self, tid: u32, key: FileKey, nodeid: u64) {
+        let mut walks = self.walks.lock();
+        if walks.len() > 4096 {
+            walks.retain(|_, walk| walk.at.elapsed() < WALK_WINDOW);
+        }
+        walks.insert(
+            tid,
+            Walk {
+                key,
+                nodeid,
+                at: Instant::now(),
+            },
+        );
+    }
+
+    /// `tid` renamed or removed a name: its own move must not look like another's.
+    pub fn forget_walk(&self, tid: u32) {
+        self.walks.lock().remove(&tid);
+    }
+
+    /// Whether `tid`'s open of `inode` (now named `key`) comes from a path walk of
+    /// another name that somebody renamed `inode` away from between the walk and the
+    /// open. dbm.dumb loading `state.dir` walked it just before another process renamed
+    /// it to `state.bak`: its read was counted on `.bak`, and its later rewrite of `.dir`
+    /// from that old index passed for a blind save. ESTALE sends the kernel to look the
+    /// name up again (once), so the read is of the name the program asked for.
+    pub fn walked_a_moved_name(&self, tid: u32, key: &FileKey, inode: &Inode) -> bool {
+        let Some(walk) = self.walks.lock().remove(&tid) else {
+            return false;
+        };
+        walk.nodeid == inode.nodeid
+            && walk.key != *key
+            && walk.at.elapsed() < WALK_WINDOW
+            && inode.moved_after(walk.at)
     }
 
     /// Records the lease an open handle holds until its release.

@@ -112,6 +112,11 @@ impl Inode {
         *self.moved_at.lock() = Some(Instant::now());
     }
 
+    /// Whether a rename gave this inode a new name after `at`.
+    pub fn moved_after(&self, at: Instant) -> bool {
+        self.moved_at.lock().is_some_and(|moved| moved > at)
+    }
+
     /// Whether a rename gave this inode a new name within `window`: a process that
     /// walked the old name just before may open it by this nodeid just after.
     pub fn moved_within(&self, window: Duration) -> bool {

@@ -77,11 +77,20 @@ impl Leased {
     /// A lookup; finding nothing at a managed name is what the caller's cycle reads.
     pub fn lookup(&self, caller: Caller, parent: u64, name: &OsStr) -> OpResult<Entry> {
         let result = self.core.lookup(parent, name);
-        if result.as_ref().is_err_and(|e| *e == Errno::ENOENT) {
-            let key = key(parent, name);
-            if self.gate.names.is_managed(&key) {
-                self.gate.saw_missing(caller, &key);
+        match &result {
+            Err(e) if *e == Errno::ENOENT => {
+                let key = key(parent, name);
+                if self.gate.names.is_managed(&key) {
+                    self.gate.saw_missing(caller, &key);
+                }
             }
+            Ok(entry) if entry.attr.kind == fuser::FileType::RegularFile => {
+                let key = key(parent, name);
+                if self.gate.names.is_managed(&key) {
+                    self.gate.note_walk(caller.pid, key, entry.inode.nodeid);
+                }
+            }
+            _ => {}
         }
         result
     }
@@ -91,6 +100,13 @@ impl Leased {
             return reply_open(&self.core, reply, self.core.open(caller, nodeid, flags));
         };
         let intent = intent_of_open(flags);
+        if intent == Intent::Read && self.gate.walked_a_moved_name(caller.pid, &key, &inode) {
+            tracing::trace!(
+                tid = caller.pid,
+                "read open of an inode renamed away from the name it walked: ESTALE for a fresh lookup"
+            );
+            return reply.error(Errno::ESTALE);
+        }
         // The kernel strips O_TRUNC from OPEN (the truncate follows as a SETATTR), so every
         // open for writing in place counts; appends do not (they destroy nothing).
         if intent == Intent::Write
@@ -235,6 +251,7 @@ impl Leased {
         flags: u32,
         reply: ReplyEmpty,
     ) {
+        self.gate.forget_walk(caller.pid);
         let target = key(new_parent, new_name);
         let source = key(parent, name);
         let moved = self.core.inodes().stat_named(parent, name);
