@@ -567,6 +567,18 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             return self.join(key, holder, ask.intent);
         }
         if !ask.locked {
+            if ask.intent == Intent::Read && !ask.concurrent && self.holds_exclusively(key, holder)
+            {
+                // The holder's own read from another thread, after its handles closed, is
+                // a second cycle (Promise.all) or the same cycle read again from a worker
+                // thread (write-json-file reads the file it is about to save); which one
+                // cannot be told until it saves. It waits for the cycle it holds, but not
+                // behind other processes too: at the back, their commits came in between
+                // and its save was refused. (A read while its handle is open elsewhere,
+                // a process's next load, or a poll past the longest linger queue at the
+                // back as before.)
+                return self.enqueue_after_own(now, key, holder, ask);
+            }
             return self.enqueue(now, key, holder, ask);
         }
         // A request that holds a kernel lock cannot wait: the holder may need that lock
@@ -700,6 +712,26 @@ impl<K: Clone + Eq + Hash> Engine<K> {
 
     fn enqueue(&mut self, now: Duration, key: &K, holder: Holder, ask: Ask) -> Admission {
         self.park(now, key, holder, ask, false)
+    }
+
+    /// Queues `holder`'s request ahead of other processes' waiters, behind its own.
+    fn enqueue_after_own(&mut self, now: Duration, key: &K, holder: Holder, ask: Ask) -> Admission {
+        let position = self.entries[key]
+            .queue
+            .iter()
+            .take_while(|waiter| waiter.holder == holder)
+            .count();
+        let admission = self.park(now, key, holder, ask, false);
+        let queue = &mut self.entries.get_mut(key).expect("entry exists").queue;
+        let waiter = queue.pop_back().expect("just parked");
+        queue.insert(position, waiter);
+        admission
+    }
+
+    fn holds_exclusively(&self, key: &K, holder: Holder) -> bool {
+        self.entries[key].lease.as_ref().is_some_and(|lease| {
+            !lease.tied && matches!(lease.mode, Mode::Exclusive { holder: h, .. } if h == holder)
+        })
     }
 
     /// Queues the holder's own request ahead of everyone (it waits for reads beside).

@@ -658,6 +658,69 @@ fn a_read_from_a_second_thread_while_the_first_is_open_is_a_second_cycle() {
     );
 }
 
+/// A read of `holder`'s from one of its worker threads (libuv's pool), not its main one.
+fn from_worker(holder: Holder, intent: Intent) -> Ask {
+    Ask {
+        thread: holder.pid + 1,
+        ..ask(intent)
+    }
+}
+
+#[test]
+fn a_worker_thread_reread_waits_for_its_own_cycle_but_not_behind_others() {
+    let mut e = engine();
+    // write-json-file: the caller's readFile on pool threads, then the library's own
+    // readFile of the same file from another pool thread, then the save.
+    let first = granted(e.request(ms(0), &"s", A, from_worker(A, Intent::Read)));
+    e.finish(ms(1), first.lease, A, Outcome::Read);
+    let b = queued(e.request(ms(2), &"s", B, ask(Intent::Read)));
+    let reread = queued(e.request(ms(3), &"s", A, from_worker(A, Intent::Read)));
+    // A's cycle lingers out; A's re-read goes before B, who came earlier.
+    let actions = e.tick(ms(1 + 50));
+    assert_eq!(grants(&actions), vec![reread]);
+    let Action::Granted { grant, .. } = actions[0] else {
+        unreachable!()
+    };
+    e.finish(ms(60), grant.lease, A, Outcome::Read);
+    let save = granted(e.request(ms(61), &"s", A, locked(Intent::Write)));
+    assert_eq!(
+        grants(&e.finish(ms(62), save.lease, A, Outcome::Committed)),
+        vec![b],
+        "nobody committed between A's read and its save: kept, then B"
+    );
+    assert_eq!(e.counters().fenced_commits, 0);
+    e.check_deadline_index();
+}
+
+#[test]
+fn two_cycles_of_one_process_stay_two_when_the_second_goes_first() {
+    let mut e = engine();
+    // Promise.all: cycle 1 reads and closes, cycle 2's read comes from another pool
+    // thread while B waits; cycle 1 saves; cycle 2 must read cycle 1's save.
+    let first = granted(e.request(ms(0), &"s", A, from_worker(A, Intent::Read)));
+    e.finish(ms(1), first.lease, A, Outcome::Read);
+    let b = queued(e.request(ms(2), &"s", B, ask(Intent::Read)));
+    let second = queued(e.request(ms(3), &"s", A, from_worker(A, Intent::Read)));
+    let save = granted(e.request(ms(4), &"s", A, locked(Intent::Write)));
+    let actions = e.finish(ms(5), save.lease, A, Outcome::Committed);
+    assert_eq!(grants(&actions), vec![second]);
+    let Action::Granted { grant, .. } = actions[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        grant.generation,
+        e.generation(&"s"),
+        "cycle 2 reads cycle 1's save"
+    );
+    e.finish(ms(6), grant.lease, A, Outcome::Read);
+    let save = granted(e.request(ms(7), &"s", A, locked(Intent::Write)));
+    assert_eq!(
+        grants(&e.finish(ms(8), save.lease, A, Outcome::Committed)),
+        vec![b]
+    );
+    assert_eq!(e.counters().fenced_commits, 0);
+}
+
 #[test]
 fn a_locked_request_never_queues() {
     let mut e = engine();
