@@ -34,6 +34,8 @@ const fn holder(pid: u32, start_time: u64) -> Holder {
 #[cfg(test)]
 mod model;
 #[cfg(test)]
+mod model_clock;
+#[cfg(test)]
 mod model_stores;
 #[cfg(test)]
 mod tests;

@@ -20,6 +20,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use super::model_clock::{Answers, Clocked, record_answers};
 use super::*;
 
 const P0: Holder = holder(10, 1);
@@ -79,7 +80,7 @@ struct World {
     ticks_left: u32,
     kill_left: bool,
     /// Answers for parked requests: wait -> (actor, granted lease or refused).
-    answered: HashMap<WaitId, Option<Grant>>,
+    answered: Answers,
     /// What happened so far, printed when a promise breaks.
     log: Vec<String>,
 }
@@ -212,19 +213,7 @@ impl World {
     }
 
     fn apply(&mut self, actions: Vec<Action<&'static str>>) {
-        for action in actions {
-            match action {
-                Action::Granted { wait, grant } => {
-                    self.answered.insert(wait, Some(grant));
-                }
-                Action::Fenced { wait }
-                | Action::TimedOut { wait }
-                | Action::Abandoned { wait } => {
-                    self.answered.insert(wait, None);
-                }
-                Action::Revoked { .. } => {}
-            }
-        }
+        record_answers(&mut self.answered, actions);
         // Hand answers to the actors that wait for them.
         for actor in &mut self.actors {
             let Some(wait) = actor.waiting else {
@@ -456,21 +445,24 @@ impl World {
 
     /// With no more moves, time runs on: every parked request must be answered.
     fn settle(mut self) {
-        for _ in 0..64 {
-            if self.actors.iter().all(|a| a.waiting.is_none()) {
-                return;
-            }
-            match self.engine.next_deadline() {
-                Some(at) => {
-                    self.now = self.now.max(at);
-                    let actions = self.engine.tick(self.now);
-                    self.apply(actions);
-                }
-                None => break,
-            }
+        if !self.run_out_the_clock() {
+            let stuck: Vec<_> = self.actors.iter().filter(|a| a.waiting.is_some()).collect();
+            panic!("parked requests never answered: {stuck:?}");
         }
-        let stuck: Vec<_> = self.actors.iter().filter(|a| a.waiting.is_some()).collect();
-        panic!("parked requests never answered: {stuck:?}");
+    }
+}
+
+impl Clocked for World {
+    fn engine_and_clock(&mut self) -> (&mut Engine<&'static str>, &mut Duration) {
+        (&mut self.engine, &mut self.now)
+    }
+
+    fn apply(&mut self, actions: Vec<Action<&'static str>>) {
+        World::apply(self, actions);
+    }
+
+    fn anyone_waits(&self) -> bool {
+        self.actors.iter().any(|a| a.waiting.is_some())
     }
 }
 

@@ -13,6 +13,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use super::model_clock::{Answers, Clocked, record_answers};
 use super::*;
 
 const A: Holder = holder(20, 1);
@@ -76,7 +77,7 @@ struct World {
     now: Duration,
     ticks_left: u32,
     kill_left: bool,
-    answered: HashMap<WaitId, Option<Grant>>,
+    answered: Answers,
     log: Vec<String>,
 }
 
@@ -211,19 +212,7 @@ impl World {
     }
 
     fn apply(&mut self, actions: Vec<Action<&'static str>>) {
-        for action in actions {
-            match action {
-                Action::Granted { wait, grant } => {
-                    self.answered.insert(wait, Some(grant));
-                }
-                Action::Fenced { wait }
-                | Action::TimedOut { wait }
-                | Action::Abandoned { wait } => {
-                    self.answered.insert(wait, None);
-                }
-                Action::Revoked { .. } => {}
-            }
-        }
+        record_answers(&mut self.answered, actions);
         for index in 0..self.sessions.len() {
             let Some(wait) = self.sessions[index].waiting else {
                 continue;
@@ -328,21 +317,8 @@ impl World {
     /// With no more moves, time runs on: every parked request must be answered, and
     /// (when nobody was killed mid-save) every acknowledged key is in the index.
     fn settle(mut self) {
-        for _ in 0..64 {
-            if self.sessions.iter().all(|s| s.waiting.is_none()) {
-                break;
-            }
-            match self.engine.next_deadline() {
-                Some(at) => {
-                    self.now = self.now.max(at);
-                    let actions = self.engine.tick(self.now);
-                    self.apply(actions);
-                }
-                None => break,
-            }
-        }
         assert!(
-            self.sessions.iter().all(|s| s.waiting.is_none()),
+            self.run_out_the_clock(),
             "parked requests never answered:\n{}",
             self.log.join("\n")
         );
@@ -357,6 +333,20 @@ impl World {
             self.index,
             self.log.join("\n")
         );
+    }
+}
+
+impl Clocked for World {
+    fn engine_and_clock(&mut self) -> (&mut Engine<&'static str>, &mut Duration) {
+        (&mut self.engine, &mut self.now)
+    }
+
+    fn apply(&mut self, actions: Vec<Action<&'static str>>) {
+        World::apply(self, actions);
+    }
+
+    fn anyone_waits(&self) -> bool {
+        self.sessions.iter().any(|s| s.waiting.is_some())
     }
 }
 
