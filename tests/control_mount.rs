@@ -140,3 +140,44 @@ fn fresh_temp_names_are_not_remembered_after_their_cycles() {
         "files remembered after 300 temp names: {remembered}"
     );
 }
+
+/// Files whose programs coordinate by themselves take no lease: a process holding one
+/// open shows in `lockfs status` only for the managed store beside them.
+#[test]
+fn git_objects_sqlite_and_lock_files_take_no_lease() {
+    let (_tmp, state) = state_dir();
+    let left_alone = [
+        ".git/objects/ab/cdef0123456789",
+        ".git/objects/pack/pack-1.idx",
+        "bare.git/objects/cd/0123",
+        "app.sqlite",
+        "store.json.lock",
+    ];
+    for path in left_alone.iter().chain(&[".git/config", "store.json"]) {
+        let file = state.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, "x").unwrap();
+    }
+    let _mount = MountGuard::mount(&state, &["--max-hold", "60s"]);
+    let mut holders: Vec<Cycle> = left_alone
+        .iter()
+        .chain(&[".git/config", "store.json"])
+        .map(|path| {
+            let mut holder = Cycle::start(&state.join(path), &["open", "read", "pause"]);
+            holder.expect_line("pause ok", Duration::from_secs(20));
+            holder
+        })
+        .collect();
+    let report = status_json(&state);
+    let mut leased: Vec<&str> = report["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|lease| lease["path"].as_str().unwrap())
+        .collect();
+    leased.sort();
+    assert_eq!(leased, vec![".git/config", "store.json"], "{report}");
+    for holder in &mut holders {
+        holder.resume();
+    }
+}
