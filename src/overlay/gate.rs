@@ -138,8 +138,8 @@ pub struct Gate {
     /// Opens for writing of a just-renamed inode answered ESTALE: by thread, the nodeid
     /// and when. The thread's next open is the kernel's retry (see `must_look_up_again`).
     moved_refusals: Mutex<HashMap<u32, (u64, Duration)>>,
-    /// The last managed name each thread looked up and found, the nodeid and when: the
-    /// path walk of the thread's next open (see `walked_a_moved_name`).
+    /// The last name of a regular file each thread looked up and found, the nodeid and
+    /// when: the path walk of the thread's next open (see `walked_a_moved_name`).
     walks: Mutex<HashMap<u32, Walk>>,
     pub names: Names,
 }
@@ -433,7 +433,7 @@ impl Gate {
         }
     }
 
-    /// `tid` looked up the managed name `key` and found `nodeid`.
+    /// `tid` looked up the name `key` and found the regular file `nodeid`.
     pub fn note_walk(&self, tid: u32, key: FileKey, nodeid: u64) {
         let mut walks = self.walks.lock();
         if walks.len() > 4096 {
@@ -449,7 +449,7 @@ impl Gate {
         );
     }
 
-    /// `tid` renamed or removed a name: its own move must not look like another's.
+    /// `tid` renamed a file: its own move must not look like another process's.
     pub fn forget_walk(&self, tid: u32) {
         self.walks.lock().remove(&tid);
     }

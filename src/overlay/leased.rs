@@ -84,11 +84,10 @@ impl Leased {
                     self.gate.saw_missing(caller, &key);
                 }
             }
+            // Whether the file is managed is asked only if the thread opens it for reading.
             Ok(entry) if entry.attr.kind == fuser::FileType::RegularFile => {
-                let key = key(parent, name);
-                if self.gate.names.is_managed(&key) {
-                    self.gate.note_walk(caller.pid, key, entry.inode.nodeid);
-                }
+                self.gate
+                    .note_walk(caller.pid, key(parent, name), entry.inode.nodeid);
             }
             _ => {}
         }
