@@ -142,15 +142,15 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         else {
             return;
         };
-        if !matches!(lease.mode, Mode::Exclusive { .. }) || !lease.ties.is_empty() || lease.tied {
-            return;
-        }
         let Mode::Exclusive {
             holder: overtaken, ..
         } = lease.mode
         else {
             return;
         };
+        if !lease.ties.is_empty() || lease.tied {
+            return;
+        }
         lease.refused = true;
         self.remember_view(now, key);
         // The overtaken process has not been told: what it read still judges its saves,

@@ -97,10 +97,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         let slot = (key.clone(), holder);
         match self.seen.get_mut(&slot) {
             Some(seen) if seen.absent && seen.renewed && !seen.inherited => {
-                *seen = Seen {
-                    at: seen.at,
-                    ..Seen::own_commit(generation, seen.at)
-                };
+                *seen = Seen::own_commit(generation, seen.at);
             }
             Some(seen) if seen.absent => {
                 self.seen.remove(&slot);
@@ -184,7 +181,9 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 }
         });
         if keep {
-            if let Some(seen) = self.seen.get_mut(&(key.clone(), holder)) {
+            if let Some(seen) = self.seen.get_mut(&(key.clone(), holder))
+                && seen.absent
+            {
                 seen.renewed = true;
             }
         } else {
