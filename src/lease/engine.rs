@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use super::Holder;
 use super::beside::Beside;
+use super::kept::holds_cycle;
 use super::policy::{GapHistory, Policy};
 use super::view::{Counters, EndReason};
 
@@ -567,8 +568,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             return self.join(key, holder, ask.intent);
         }
         if !ask.locked {
-            if ask.intent == Intent::Read && !ask.concurrent && self.holds_exclusively(key, holder)
-            {
+            let holds_cycle = self.entries[key]
+                .lease
+                .as_ref()
+                .is_some_and(|lease| holds_cycle(lease, holder));
+            if ask.intent == Intent::Read && !ask.concurrent && holds_cycle {
                 // The holder's own read from another thread, after its handles closed, is
                 // a second cycle (Promise.all) or the same cycle read again from a worker
                 // thread (write-json-file reads the file it is about to save); which one
@@ -726,12 +730,6 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         let waiter = queue.pop_back().expect("just parked");
         queue.insert(position, waiter);
         admission
-    }
-
-    fn holds_exclusively(&self, key: &K, holder: Holder) -> bool {
-        self.entries[key].lease.as_ref().is_some_and(|lease| {
-            !lease.tied && matches!(lease.mode, Mode::Exclusive { holder: h, .. } if h == holder)
-        })
     }
 
     /// Queues the holder's own request ahead of everyone (it waits for reads beside).

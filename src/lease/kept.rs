@@ -232,6 +232,6 @@ impl<K: Clone + Eq + Hash> Engine<K> {
 }
 
 /// Whether `lease` is an untied exclusive cycle of `holder`.
-fn holds_cycle(lease: &Lease, holder: Holder) -> bool {
+pub(super) fn holds_cycle(lease: &Lease, holder: Holder) -> bool {
     !lease.tied && matches!(lease.mode, Mode::Exclusive { holder: h, .. } if h == holder)
 }

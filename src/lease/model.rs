@@ -212,33 +212,6 @@ impl World {
         }
     }
 
-    fn apply(&mut self, actions: Vec<Action<&'static str>>) {
-        record_answers(&mut self.answered, actions);
-        // Hand answers to the actors that wait for them.
-        for actor in &mut self.actors {
-            let Some(wait) = actor.waiting else {
-                continue;
-            };
-            match self.answered.get(&wait) {
-                Some(Some(grant)) => {
-                    if actor.program[actor.next].1 == Op::WriteInPlace {
-                        actor.writing_in_place = Some(grant.lease);
-                    }
-                    actor.uses.push(grant.lease);
-                    actor.base.get_or_insert(grant.generation);
-                    actor.waiting = None;
-                    actor.next += 1;
-                }
-                Some(None) => {
-                    // Refused: this cycle ends unacknowledged.
-                    actor.waiting = None;
-                    actor.next = actor.program.len();
-                }
-                None => {}
-            }
-        }
-    }
-
     fn can_step(&self, index: usize) -> bool {
         let actor = &self.actors[index];
         !actor.dead && actor.waiting.is_none() && actor.next < actor.program.len()
@@ -458,7 +431,30 @@ impl Clocked for World {
     }
 
     fn apply(&mut self, actions: Vec<Action<&'static str>>) {
-        World::apply(self, actions);
+        record_answers(&mut self.answered, actions);
+        // Hand answers to the actors that wait for them.
+        for actor in &mut self.actors {
+            let Some(wait) = actor.waiting else {
+                continue;
+            };
+            match self.answered.get(&wait) {
+                Some(Some(grant)) => {
+                    if actor.program[actor.next].1 == Op::WriteInPlace {
+                        actor.writing_in_place = Some(grant.lease);
+                    }
+                    actor.uses.push(grant.lease);
+                    actor.base.get_or_insert(grant.generation);
+                    actor.waiting = None;
+                    actor.next += 1;
+                }
+                Some(None) => {
+                    // Refused: this cycle ends unacknowledged.
+                    actor.waiting = None;
+                    actor.next = actor.program.len();
+                }
+                None => {}
+            }
+        }
     }
 
     fn anyone_waits(&self) -> bool {

@@ -211,26 +211,6 @@ impl World {
         session.loaded.clear();
     }
 
-    fn apply(&mut self, actions: Vec<Action<&'static str>>) {
-        record_answers(&mut self.answered, actions);
-        for index in 0..self.sessions.len() {
-            let Some(wait) = self.sessions[index].waiting else {
-                continue;
-            };
-            match self.answered.get(&wait).copied() {
-                Some(Some(grant)) => {
-                    self.sessions[index].waiting = None;
-                    self.complete(index, grant.lease);
-                }
-                Some(None) => {
-                    self.sessions[index].waiting = None;
-                    self.refuse(index);
-                }
-                None => {}
-            }
-        }
-    }
-
     fn can_step(&self, index: usize) -> bool {
         let session = &self.sessions[index];
         !session.dead && session.waiting.is_none() && session.next < session.program.len()
@@ -342,7 +322,23 @@ impl Clocked for World {
     }
 
     fn apply(&mut self, actions: Vec<Action<&'static str>>) {
-        World::apply(self, actions);
+        record_answers(&mut self.answered, actions);
+        for index in 0..self.sessions.len() {
+            let Some(wait) = self.sessions[index].waiting else {
+                continue;
+            };
+            match self.answered.get(&wait).copied() {
+                Some(Some(grant)) => {
+                    self.sessions[index].waiting = None;
+                    self.complete(index, grant.lease);
+                }
+                Some(None) => {
+                    self.sessions[index].waiting = None;
+                    self.refuse(index);
+                }
+                None => {}
+            }
+        }
     }
 
     fn anyone_waits(&self) -> bool {

@@ -181,11 +181,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 }
         });
         if keep {
-            if let Some(seen) = self.seen.get_mut(&(key.clone(), holder))
-                && seen.absent
-            {
-                seen.renewed = true;
-            }
+            self.saw_missing_again(key, holder);
         } else {
             self.entries.entry(key.clone()).or_insert_with(|| Entry {
                 generation,
@@ -199,9 +195,10 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         }
     }
 
-    /// The kernel's fresh lookup before it retries a refused request found the name
-    /// missing again. It records no new absence (the retry must not rest on one), but an
-    /// absence the process loaded before is renewed: dbm.dumb, refused while renaming its
+    /// `holder` found the name missing again: a lookup soon after its earlier one, or the
+    /// kernel's fresh lookup before it retries a refused request (`saw_missing` is not
+    /// called for that one). It records no new absence (the retry must not rest on one),
+    /// but an absence the process loaded before is renewed: dbm.dumb, refused while renaming its
     /// index away, creates it next, and that create must not pass for one that only its
     /// own lookup found missing (a temp name), or its retry as an O_TRUNC open of the
     /// index somebody else created since would write the stale index over it.
