@@ -42,8 +42,8 @@ use self::timer::{Ticking, Timer};
 use crate::control::events;
 use crate::fastmap::HashMap;
 use crate::lease::{
-    Action, Admission, Ask, Counters, EndReason, Engine, Grant, LeaseId, LeaseState, LeaseView,
-    Outcome, Policy, WaitId,
+    Absence, Action, Admission, Ask, Counters, EndReason, Engine, Grant, LeaseId, LeaseState,
+    LeaseView, Outcome, Policy, WaitId,
 };
 use crate::platform::{self, ExitWatch, ProcessId};
 
@@ -381,10 +381,36 @@ impl<K: Key> Driver<K> {
         }
     }
 
-    /// `holder` found nothing at `key`: the absence is what its cycle read.
-    pub fn saw_missing(&self, key: &K, holder: ProcessId) {
+    /// A lookup by `holder` found nothing at `key`: either that absence is what its cycle
+    /// reads, or another process's cycle holds the name and `holder` must wait for it
+    /// (see `lease/claims.rs`).
+    pub fn lookup_missing(&self, key: &K, holder: ProcessId) -> Absence {
         self.watch(holder);
-        self.engine.lock().saw_missing(self.now(), key, holder);
+        let family = self.processes.family_of(holder);
+        let absence = self
+            .engine
+            .lock()
+            .lookup_missing(self.now(), key, holder, family);
+        if absence == Absence::Claimed {
+            tracing::trace!(path = %self.describe(key), pid = holder.pid, "lookup of a claimed missing name");
+            self.wake_timer();
+        }
+        absence
+    }
+
+    /// Whether a save by `holder` through a lease granted for a read rests on an older view
+    /// than the file (see `Engine::fence_stale_save`); if so it is refused.
+    pub fn fence_stale_save(&self, key: &K, holder: ProcessId) -> bool {
+        let family = self.processes.family_of(holder);
+        let fenced = self
+            .engine
+            .lock()
+            .fence_stale_save(self.now(), key, holder, family);
+        if fenced {
+            self.log_fenced(key, holder);
+            self.wake_timer();
+        }
+        fenced
     }
 
     /// `holder` found nothing at `key` again, in the kernel's retry of a refused request:

@@ -358,6 +358,8 @@ pub struct Engine<K> {
     /// When each process last kept a cycle after a save (see `kept.rs`): a removal by it
     /// within the maximum hold after that is part of a store's save.
     pub(super) kept_at: HashMap<Holder, Duration>,
+    /// The first process to find each name missing, lately (see `claims.rs`).
+    pub(super) claims: HashMap<K, super::claims::Claim>,
 }
 
 impl<K: Clone + Eq + Hash> Engine<K> {
@@ -381,6 +383,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             prune_streaks_at: PruneAt::default(),
             beside: HashMap::default(),
             kept_at: HashMap::default(),
+            claims: HashMap::default(),
         }
     }
 
@@ -545,7 +548,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 Some(Mode::Shared { .. })
             );
         if self.creates_on_a_stale_absence(key, holder, &ask) {
-            self.forget_absence_of_refused_create(key, holder, &ask);
+            self.forget_absence_of_refused_create(now, key, holder, &ask);
             self.counters.fenced_commits += 1;
             return Admission::Fenced;
         }
@@ -557,7 +560,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         }
         if free {
             if ask.intent != Intent::Read {
-                self.consume_absence(key, holder, &ask);
+                self.consume_absence(now, key, holder, &ask);
             }
             if ask.intent == Intent::Write {
                 self.teach_late_save(now, key, holder);
@@ -589,16 +592,16 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         // to finish its own cycle. It goes ahead only when that cannot lose anything.
         match ask.intent {
             Intent::Write if !self.holder_is_writing(key) => {
-                self.consume_absence(key, holder, &ask);
+                self.consume_absence(now, key, holder, &ask);
                 self.teach_late_save(now, key, holder);
                 Admission::OutOfTurn
             }
             Intent::Append if !self.holder_is_writing(key) => {
-                self.consume_absence(key, holder, &ask);
+                self.consume_absence(now, key, holder, &ask);
                 Admission::OutOfTurn
             }
             _ => {
-                self.forget_absence_of_refused_create(key, holder, &ask);
+                self.forget_absence_of_refused_create(now, key, holder, &ask);
                 self.counters.fenced_commits += 1;
                 Admission::Fenced
             }
@@ -1294,6 +1297,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         });
         self.read_streaks.retain(|(key, _), _| !gone(key));
         self.savers.retain(|(key, _)| !gone(key));
+        self.claims.retain(|key, _| !gone(key));
         self.entries
             .retain(|key, entry| !gone(key) || entry.lease.is_some() || !entry.queue.is_empty());
     }

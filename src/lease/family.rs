@@ -176,6 +176,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         self.read_streaks.retain(|(_, h), _| *h != holder);
         self.last_activity.remove(&holder);
         self.kept_at.remove(&holder);
+        self.drop_claims_of(holder);
         self.savers.retain(|(_, h)| *h != holder);
         if let Some(parent) = parent {
             // What the exiting process read and did not save goes with its cycles.

@@ -10,6 +10,7 @@
 //! closed without a write, at the holder's exit, or at the maximum hold (a revocation).
 
 mod beside;
+mod claims;
 mod engine;
 mod family;
 mod kept;
@@ -18,6 +19,7 @@ mod query;
 mod seen;
 mod view;
 
+pub use claims::Absence;
 pub use engine::{Action, Admission, Ask, Engine, Grant, Intent, LeaseId, Outcome, WaitId};
 pub use policy::Policy;
 pub use view::{Counters, EndReason, HolderView, LeaseState, LeaseView, WaiterView};

@@ -88,8 +88,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     /// index, created by appending its first key) becomes what the process knows of the
     /// file it creates: its own commit. Renaming that file away is then part of its cycle
     /// (the name stays held until the re-create), not a blind removal that frees the name
-    /// for another process to create from an index without this one's key.
-    pub(super) fn consume_absence(&mut self, key: &K, holder: Holder, ask: &Ask) {
+    /// for another process to create from an index without this one's key. The time from
+    /// that load to the create is the program's read-to-save gap (keyv-file saves 100 ms
+    /// after it found its store missing): taught to the linger, the cycles of the processes
+    /// that wait for this first save last long enough for their own saves.
+    pub(super) fn consume_absence(&mut self, now: Duration, key: &K, holder: Holder, ask: &Ask) {
         if !ask.locked || ask.replaces {
             return;
         }
@@ -97,7 +100,13 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         let slot = (key.clone(), holder);
         match self.seen.get_mut(&slot) {
             Some(seen) if seen.absent && seen.renewed && !seen.inherited => {
+                let gap = now.saturating_sub(seen.read_done_at.unwrap_or(seen.at));
                 *seen = Seen::own_commit(generation, seen.at);
+                if gap <= self.policy.max_linger
+                    && let Some(entry) = self.entries.get_mut(key)
+                {
+                    entry.gaps.record(gap);
+                }
             }
             Some(seen) if seen.absent => {
                 self.seen.remove(&slot);
@@ -129,13 +138,19 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     /// absence the program loaded before (found again by this lookup: dbm's index), or
     /// one that a rename away or an unlink rests on, stays and refuses the kernel's retry
     /// and the program's next try too.
-    pub(super) fn forget_absence_of_refused_create(&mut self, key: &K, holder: Holder, ask: &Ask) {
+    pub(super) fn forget_absence_of_refused_create(
+        &mut self,
+        now: Duration,
+        key: &K,
+        holder: Holder,
+        ask: &Ask,
+    ) {
         let own_lookup = self
             .seen
             .get(&(key.clone(), holder))
             .is_some_and(|seen| !seen.renewed);
         if ask.creates && own_lookup {
-            self.consume_absence(key, holder, ask);
+            self.consume_absence(now, key, holder, ask);
         }
     }
 

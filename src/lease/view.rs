@@ -75,6 +75,9 @@ pub struct Counters {
     pub out_of_turn: u64,
     /// Reads by known readers that went beside another process's cycle (not waiting).
     pub reads_beside: u64,
+    /// Names found missing by two processes at once: the second waited for the first
+    /// one's cycle (see `claims.rs`).
+    pub claims: u64,
     /// Not a count of events: files the engine remembers now (leased, waited for, or with
     /// history that still judges a save or sets a linger). Set by [`Engine::counters`].
     pub files_remembered: u64,

@@ -7,16 +7,18 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, FileHandle, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use super::Caller;
 use super::attr::dirent_type;
 use super::passthrough::{Overlay, SetAttr};
+use super::placeholders::is_placeholder;
 use super::reply::{entry_ttl, is_shared, reply_attr, reply_empty, reply_entry, reply_xattr};
+use crate::lease::Intent;
 
 pub struct LockFs {
     pub core: Arc<Overlay>,
@@ -48,14 +50,23 @@ impl Filesystem for LockFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.leased.lookup(Caller::of(req), parent.0, name));
+        self.leased.lookup(Caller::of(req), parent.0, name, reply);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        if is_placeholder(ino.0) {
+            return self.leased.gate.placeholders.forget(ino.0, nlookup);
+        }
         self.core.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        if is_placeholder(ino.0) {
+            let caller = Caller::of(req);
+            return self
+                .leased
+                .wait_at_placeholder(caller, ino.0, Intent::Read, true, reply);
+        }
         reply_attr(reply, self.core.getattr(ino.0, fh.map(|f| f.0)));
     }
 
@@ -366,10 +377,16 @@ impl Filesystem for LockFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if is_placeholder(ino.0) {
+            return reply.error(Errno::ENODATA);
+        }
         reply_xattr(reply, self.core.getxattr(ino.0, name, size));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if is_placeholder(ino.0) {
+            return reply.size(0);
+        }
         reply_xattr(reply, self.core.listxattr(ino.0, size));
     }
 

@@ -19,9 +19,10 @@ use super::inodes::Inode;
 use super::names::Names;
 pub use super::names::{ExcludeFn, FileKey};
 use super::passthrough::Overlay;
+use super::placeholders::Placeholders;
 use crate::driver::{Asker, Driver, Frontend, Granted, Refusal};
 use crate::fastmap::HashMap;
-use crate::lease::{Counters, Grant, Intent, LeaseView, Outcome, Policy};
+use crate::lease::{Absence, Counters, Grant, Intent, LeaseView, Outcome, Policy};
 use crate::platform::ProcessId;
 use crate::sys;
 
@@ -32,6 +33,8 @@ const WALK_WINDOW: Duration = Duration::from_secs(1);
 
 /// How long a lease waits for the kernel to retry an open answered with ESTALE.
 const RETRY_WINDOW: Duration = Duration::from_millis(1000);
+/// The same for a GETATTR of a placeholder answered with ESTALE (see `placeholders.rs`).
+const STAT_RETRY_WINDOW: Duration = Duration::from_millis(100);
 
 /// How many recently written files are remembered per process, to tie a temp file to the
 /// cycle it belongs to when its writer exits.
@@ -126,8 +129,9 @@ pub struct Gate {
     core: Arc<Overlay>,
     driver: Arc<Driver<FileKey>>,
     handle_leases: Mutex<HashMap<u64, HandleLease>>,
-    /// Leases kept for an open answered with ESTALE: the kernel's retry takes them.
-    retries: Mutex<HashMap<(u32, FileKey), (Held, Duration)>>,
+    /// Leases kept for an open answered with ESTALE, until when: the kernel's retry
+    /// takes them.
+    retries: Mutex<HashMap<(u32, FileKey), (Held, Duration, Kept)>>,
     /// The close(2) request id and thread of each process's last released handle on a
     /// file: a read issued before that close was concurrent with it.
     released_closes: Mutex<HashMap<(ProcessId, FileKey), (u64, u32)>>,
@@ -142,6 +146,17 @@ pub struct Gate {
     /// when: the path walk of the thread's next open (see `walked_a_moved_name`).
     walks: Mutex<HashMap<u32, Walk>>,
     pub names: Names,
+    pub placeholders: Placeholders,
+}
+
+/// What a lease kept for the kernel's retry was granted to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kept {
+    /// An open, answered ESTALE: its retry is the same open.
+    ForOpen,
+    /// The GETATTR of a placeholder, granted as a read: the retry may be an open for
+    /// writing, whose save is judged when it comes.
+    ForStat,
 }
 
 struct Walk {
@@ -170,6 +185,7 @@ impl Gate {
             moved_refusals: Mutex::new(HashMap::default()),
             walks: Mutex::new(HashMap::default()),
             names: Names::new(core.clone(), user_excluded),
+            placeholders: Placeholders::default(),
         });
         let frontend: Arc<dyn Frontend<FileKey>> = gate.clone();
         gate.driver.attach(Arc::downgrade(&frontend));
@@ -259,7 +275,14 @@ impl Gate {
             Err(_) => return run(Err(Errno::EINTR)),
         };
         let retry = self.retries.lock().remove(&(caller.pid, key.clone()));
-        if let Some((held, _)) = retry {
+        if let Some((held, _, Kept::ForStat)) = &retry
+            && intent != Intent::Read
+            && self.driver.fence_stale_save(&key, holder)
+        {
+            self.finish(held, Outcome::Read);
+            return run(Err(Errno::ESTALE));
+        }
+        if let Some((held, _, _)) = retry {
             tracing::trace!(path = %self.names.path_of(&key), tid = caller.pid, "admit: retry keeps its lease");
             return run(Ok(Held {
                 retried: true,
@@ -316,8 +339,10 @@ impl Gate {
         self.driver.forget_files(|key| key.0 == nodeid);
     }
 
-    /// A lookup by `caller` found nothing at `key`: the absence is what its cycle read.
-    pub fn saw_missing(&self, caller: Caller, key: &FileKey) {
+    /// A lookup by `caller` found nothing at `key`: the absence is what its cycle read,
+    /// unless another process's cycle holds the name ([`Absence::Claimed`]: the caller
+    /// must wait for it at its next OPEN or GETATTR).
+    pub fn lookup_missing(&self, caller: Caller, key: &FileKey) -> Absence {
         let now = self.now();
         let retrying = self
             .refused
@@ -325,12 +350,13 @@ impl Gate {
             .get(&(caller.pid, key.clone()))
             .is_some_and(|at| now.saturating_sub(*at) < REFUSAL_RETRY);
         let Ok(holder) = self.driver.process_of_thread(caller.pid) else {
-            return;
+            return Absence::Missing;
         };
         if retrying {
             self.driver.saw_missing_again(key, holder);
+            Absence::Missing
         } else {
-            self.driver.saw_missing(key, holder);
+            self.driver.lookup_missing(key, holder)
         }
     }
 
@@ -379,10 +405,24 @@ impl Gate {
     /// another file): the kernel looks the name up again and retries on the same thread,
     /// and that retry takes this lease instead of queueing again.
     pub fn keep_for_retry(&self, tid: u32, held: &Held) {
-        let now = self.now();
+        self.keep_for_retry_as(tid, held, Kept::ForOpen);
+    }
+
+    /// Keeps a granted lease for the retry of a stat, or of the open whose permission check
+    /// that stat was: an open comes at once, and a plain stat never comes back for it.
+    pub fn keep_for_stat_retry(&self, tid: u32, held: &Held) {
+        self.keep_for_retry_as(tid, held, Kept::ForStat);
+    }
+
+    fn keep_for_retry_as(&self, tid: u32, held: &Held, kept: Kept) {
+        let window = match kept {
+            Kept::ForOpen => RETRY_WINDOW,
+            Kept::ForStat => STAT_RETRY_WINDOW,
+        };
+        let until = self.now() + window;
         self.retries
             .lock()
-            .insert((tid, held.key.clone()), (held.clone(), now));
+            .insert((tid, held.key.clone()), (held.clone(), until, kept));
     }
 
     /// Ends reservations for retries that never came (the name is gone, say).
@@ -392,11 +432,11 @@ impl Gate {
             let mut retries = self.retries.lock();
             let old: Vec<_> = retries
                 .iter()
-                .filter(|(_, (_, at))| now.saturating_sub(*at) > RETRY_WINDOW)
+                .filter(|(_, (_, until, _))| now > *until)
                 .map(|(k, _)| k.clone())
                 .collect();
             old.into_iter()
-                .filter_map(|k| retries.remove(&k).map(|(held, _)| held))
+                .filter_map(|k| retries.remove(&k).map(|(held, _, _)| held))
                 .collect()
         };
         for held in expired {
@@ -607,7 +647,7 @@ impl Frontend<FileKey> for Gate {
             .unwrap_or_default();
         self.retries
             .lock()
-            .retain(|_, (held, _)| held.holder != process);
+            .retain(|_, (held, _, _)| held.holder != process);
         self.released_closes
             .lock()
             .retain(|(holder, _), _| *holder != process);

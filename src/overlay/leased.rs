@@ -5,14 +5,15 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fuser::{Errno, ReplyAttr, ReplyCreate, ReplyEmpty, ReplyEntry, ReplyOpen};
+use fuser::{Errno, Generation, ReplyAttr, ReplyCreate, ReplyEmpty, ReplyEntry, ReplyOpen};
 
 use super::Caller;
 use super::gate::{Ask, FileKey, Gate, Held, intent_of_open};
 use super::inodes::InodeKey;
-use super::passthrough::{Entry, OpResult, Overlay, SetAttr};
+use super::passthrough::{OpResult, Overlay, SetAttr};
+use super::placeholders;
 use super::reply::{Refuse, reply_attr, reply_create, reply_empty, reply_entry, reply_open};
-use crate::lease::{Intent, Outcome};
+use crate::lease::{Absence, Intent, Outcome};
 
 pub struct Leased {
     pub core: Arc<Overlay>,
@@ -74,14 +75,20 @@ impl Leased {
         });
     }
 
-    /// A lookup; finding nothing at a managed name is what the caller's cycle reads.
-    pub fn lookup(&self, caller: Caller, parent: u64, name: &OsStr) -> OpResult<Entry> {
+    /// A lookup; finding nothing at a managed name is what the caller's cycle reads,
+    /// unless another process's cycle holds that name: then the answer is a placeholder,
+    /// and the caller waits at its next request on it (see `placeholders.rs`).
+    pub fn lookup(&self, caller: Caller, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let result = self.core.lookup(parent, name);
         match &result {
             Err(e) if *e == Errno::ENOENT => {
                 let key = key(parent, name);
-                if self.gate.names.is_managed(&key) {
-                    self.gate.saw_missing(caller, &key);
+                if self.gate.names.is_managed(&key)
+                    && self.gate.lookup_missing(caller, &key) == Absence::Claimed
+                {
+                    let nodeid = self.gate.placeholders.look_up(&key);
+                    let attr = placeholders::attr(nodeid, caller.uid, caller.gid);
+                    return reply.entry(&placeholders::TTL, &attr, Generation(0));
                 }
             }
             // Whether the file is managed is asked only if the thread opens it for reading.
@@ -91,10 +98,50 @@ impl Leased {
             }
             _ => {}
         }
-        result
+        reply_entry(reply, result);
+    }
+
+    /// An OPEN or GETATTR of a placeholder waits for the cycle that holds its name; then
+    /// the kernel is sent to look the name up again (ESTALE), and its retry continues the
+    /// lease granted here.
+    pub fn wait_at_placeholder<R: Refuse>(
+        &self,
+        caller: Caller,
+        nodeid: u64,
+        intent: Intent,
+        stat: bool,
+        reply: R,
+    ) {
+        let Some(key) = self.gate.placeholders.key_of(nodeid) else {
+            return reply.refuse(Errno::ESTALE);
+        };
+        let ask = Ask {
+            caller,
+            key,
+            intent,
+            locked: false,
+            // Judged like the open it stands for (see `open`).
+            replaces: intent == Intent::Write,
+            creates: false,
+        };
+        self.with_lease(ask, reply, move |_, gate, held, reply| {
+            tracing::trace!(
+                tid = caller.pid,
+                "placeholder's turn: ESTALE for a fresh lookup"
+            );
+            if stat {
+                gate.keep_for_stat_retry(caller.pid, &held);
+            } else {
+                gate.keep_for_retry(caller.pid, &held);
+            }
+            reply.refuse(Errno::ESTALE);
+        });
     }
 
     pub fn open(&self, caller: Caller, nodeid: u64, flags: i32, reply: ReplyOpen) {
+        if placeholders::is_placeholder(nodeid) {
+            return self.wait_at_placeholder(caller, nodeid, intent_of_open(flags), false, reply);
+        }
         let Some((key, inode)) = self.gate.names.managed_inode(nodeid) else {
             return reply_open(&self.core, reply, self.core.open(caller, nodeid, flags));
         };

@@ -19,6 +19,7 @@ pub mod leased;
 mod mounting;
 pub mod names;
 pub mod passthrough;
+mod placeholders;
 pub mod reply;
 
 pub use self::caller::Caller;

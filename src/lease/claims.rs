@@ -1,0 +1,175 @@
+//! A name several processes find missing at once (four processes loading a store nobody
+//! has saved yet): the first one's lookup claims the name, and a lookup by anyone else
+//! while that claim is fresh starts the claimant's cycle and is told to wait for it.
+//!
+//! A lookup cannot wait itself: it holds the directory's lock (shared), and the
+//! claimant's create or rename needs it exclusive. The front end answers the lookup with
+//! a stand-in (a placeholder inode) and makes the asker's next OPEN or GETATTR of it wait
+//! in the file's queue; those hold no directory lock. Nothing is kept for a lookup nobody
+//! contends: a claim is a record of who looked first, made a lease only when a second
+//! process comes.
+
+use std::hash::Hash;
+use std::time::Duration;
+
+use super::Holder;
+use super::engine::{Ask, Engine, Intent, Lease, LeaseId, Mode};
+
+/// How many claims are kept before stale ones are dropped.
+const CLAIMS_KEPT: usize = 1024;
+
+/// What a lookup that found no file tells the asker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Absence {
+    /// The name is missing, and that is what the asker's cycle reads.
+    Missing,
+    /// Another process's cycle holds the name (or has just claimed it): the asker must
+    /// wait for that cycle before it may see the name at all.
+    Claimed,
+}
+
+/// The first process that found a name missing, its parent and grandparent, and when.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Claim {
+    holder: Holder,
+    family: [Option<Holder>; 2],
+    at: Duration,
+}
+
+impl<K: Clone + Eq + Hash> Engine<K> {
+    /// A lookup by `holder` (whose parent and grandparent are `family`) found no file at
+    /// `key`.
+    pub fn lookup_missing(
+        &mut self,
+        now: Duration,
+        key: &K,
+        holder: Holder,
+        family: [Option<Holder>; 2],
+    ) -> Absence {
+        let related = |other: Holder, others_family: &[Option<Holder>; 2]| {
+            other == holder
+                || family.contains(&Some(other))
+                || others_family.contains(&Some(holder))
+        };
+        if let Some(entry) = self.entries.get(key) {
+            let held_by_another = entry.lease.as_ref().is_some_and(|lease| match &lease.mode {
+                Mode::Exclusive { holder: h, .. } => !related(*h, &[None, None]),
+                Mode::Shared { holders } => !holders.keys().any(|h| related(*h, &[None, None])),
+            });
+            let others_queue = entry.lease.is_none() && !entry.queue.is_empty();
+            if held_by_another || others_queue {
+                return Absence::Claimed;
+            }
+        }
+        if let Some(claim) = self.claims.get(key).copied()
+            && !related(claim.holder, &claim.family)
+        {
+            self.claims.remove(key);
+            if self.claim_is_fresh(now, key, &claim) {
+                self.start_claimed_cycle(now, key, &claim);
+                return Absence::Claimed;
+            }
+        }
+        self.saw_missing(now, key, holder);
+        if !self.holds(key, holder) && !self.claims.contains_key(key) {
+            self.prune_claims(now);
+            self.claims.insert(
+                key.clone(),
+                Claim {
+                    holder,
+                    family,
+                    at: now,
+                },
+            );
+        }
+        Absence::Missing
+    }
+
+    /// The claimant still rests on the absence it found (nobody committed since, it has not
+    /// saved), and its linger from that lookup has not run out.
+    fn claim_is_fresh(&self, now: Duration, key: &K, claim: &Claim) -> bool {
+        let Some(entry) = self.entries.get(key) else {
+            return false;
+        };
+        let still_absent = self
+            .seen
+            .get(&(key.clone(), claim.holder))
+            .is_some_and(|seen| {
+                seen.absent
+                    && !seen.committed
+                    && !seen.inherited
+                    && seen.generation == entry.generation
+            });
+        let linger = self.linger_for(key, entry, claim.holder);
+        entry.lease.is_none()
+            && entry.queue.is_empty()
+            && still_absent
+            && !linger.is_zero()
+            && now.saturating_sub(claim.at) <= linger
+    }
+
+    /// The claimant's cycle, as if its lookup had been a read: its read-to-save gap counts
+    /// from that lookup, and it lingers from `now`, when somebody first waits for it (a
+    /// first save has no gaps to set its linger by).
+    fn start_claimed_cycle(&mut self, now: Duration, key: &K, claim: &Claim) {
+        let id = LeaseId(self.fresh_id());
+        let entry = self.entries.get_mut(key).expect("checked fresh");
+        let mode = Mode::Exclusive {
+            holder: claim.holder,
+            uses: 0,
+            writing: false,
+            idle_since: Some(now),
+            read_done_at: Some(claim.at),
+        };
+        entry.lease = Some(Lease::new(id, mode, claim.at, Some(entry.generation)));
+        self.active.insert(id, key.clone());
+        self.counters.claims += 1;
+        self.schedule(key);
+    }
+
+    fn prune_claims(&mut self, now: Duration) {
+        if self.claims.len() >= CLAIMS_KEPT {
+            let horizon = self.policy.max_linger;
+            self.claims
+                .retain(|_, claim| now.saturating_sub(claim.at) <= horizon);
+        }
+    }
+
+    /// A save by `holder` through a lease it was granted for a read: the GETATTR of a
+    /// placeholder, which the kernel sends as the permission check of an open for writing
+    /// too. It is judged as that save would have been at its own request: refused (and the
+    /// cycle ended) when it rests on an older view of the file than the file, an absence
+    /// included.
+    pub fn fence_stale_save(
+        &mut self,
+        now: Duration,
+        key: &K,
+        holder: Holder,
+        family: [Option<Holder>; 2],
+    ) -> bool {
+        let ask = Ask {
+            family,
+            replaces: true,
+            ..Ask::new(Intent::Write)
+        };
+        if !self.out_of_date(now, key, holder, &ask) {
+            return false;
+        }
+        self.counters.fenced_commits += 1;
+        self.teach_late_save(now, key, holder);
+        self.close_view(key, holder);
+        if self.holds(key, holder)
+            && let Some(lease) = self.entries.get_mut(key).and_then(|e| e.lease.as_mut())
+        {
+            lease.refused = true;
+            lease.yielded = true;
+            self.schedule(key);
+        }
+        true
+    }
+
+    /// An exited process claims nothing.
+    pub(super) fn drop_claims_of(&mut self, holder: Holder) {
+        self.claims.retain(|_, claim| claim.holder != holder);
+    }
+}
