@@ -131,7 +131,7 @@ pub struct Gate {
     handle_leases: Mutex<HashMap<u64, HandleLease>>,
     /// Leases kept for an open answered with ESTALE, until when: the kernel's retry
     /// takes them.
-    retries: Mutex<HashMap<(u32, FileKey), (Held, Duration, Kept)>>,
+    retries: Mutex<HashMap<(u32, FileKey), KeptLease>>,
     /// The close(2) request id and thread of each process's last released handle on a
     /// file: a read issued before that close was concurrent with it.
     released_closes: Mutex<HashMap<(ProcessId, FileKey), (u64, u32)>>,
@@ -148,6 +148,9 @@ pub struct Gate {
     pub names: Names,
     pub placeholders: Placeholders,
 }
+
+/// A lease kept for the kernel's retry, until when, and for what.
+type KeptLease = (Held, Duration, Kept);
 
 /// What a lease kept for the kernel's retry was granted to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -423,6 +426,23 @@ impl Gate {
         self.retries
             .lock()
             .insert((tid, held.key.clone()), (held.clone(), until, kept));
+    }
+
+    /// `tid` looked `key` up again after a placeholder's GETATTR and found it still
+    /// missing: its open fails in the kernel without an OPEN, so the read it was granted
+    /// for ends now (its read-to-save gap counts from here, not from the retry's expiry).
+    pub fn stat_retry_found_nothing(&self, tid: u32, key: &FileKey) {
+        let slot = (tid, key.clone());
+        let kept = {
+            let mut retries = self.retries.lock();
+            match retries.get(&slot) {
+                Some((_, _, Kept::ForStat)) => retries.remove(&slot),
+                _ => None,
+            }
+        };
+        if let Some((held, _, _)) = kept {
+            self.finish(&held, Outcome::Read);
+        }
     }
 
     /// Ends reservations for retries that never came (the name is gone, say).

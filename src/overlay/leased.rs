@@ -83,9 +83,11 @@ impl Leased {
         match &result {
             Err(e) if *e == Errno::ENOENT => {
                 let key = key(parent, name);
-                if self.gate.names.is_managed(&key)
-                    && self.gate.lookup_missing(caller, &key) == Absence::Claimed
-                {
+                let managed = self.gate.names.is_managed(&key);
+                if managed {
+                    self.gate.stat_retry_found_nothing(caller.pid, &key);
+                }
+                if managed && self.gate.lookup_missing(caller, &key) == Absence::Claimed {
                     let nodeid = self.gate.placeholders.look_up(&key);
                     let attr = placeholders::attr(nodeid, caller.uid, caller.gid);
                     return reply.entry(&placeholders::TTL, &attr, Generation(0));
