@@ -100,3 +100,49 @@ fn s11_sqlite_wal_with_three_writer_processes_loses_no_row() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&count.stdout).trim(), "wal 600");
 }
+
+/// Two processes load a store nobody has saved yet. The second one's load waits for the
+/// first one's save (the first lookup claimed the name; the second got a placeholder whose
+/// OPEN waited) and reads it, instead of finding nothing and later saving over it.
+#[test]
+fn a_load_of_a_missing_store_waits_for_the_first_loaders_save() {
+    let (_tmp, state) = state_dir();
+    // A linger far above the first one's sleep: the test is about order, not timing.
+    let _mount = MountGuard::mount(&state, &["--linger", "5s", "--max-hold", "60s"]);
+    let store = state.join("store.json");
+    let store = store.to_str().unwrap();
+    let signal_dir = tempfile::tempdir().unwrap();
+    let signals = signal_dir.path().to_str().unwrap();
+    let run = |role: &str| {
+        Command::new("python3")
+            .arg(script("first_save.py"))
+            .args([role, store, signals])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = run("first");
+    let second = run("second");
+    let first = first.wait_with_output().unwrap();
+    let second = second.wait_with_output().unwrap();
+    assert!(
+        first.status.success(),
+        "first: {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        second.status.success(),
+        "second: {}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&second.stdout).trim(),
+        "first",
+        "the second load did not wait for the first one's save"
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.join("store.json")).unwrap(),
+        "first"
+    );
+}
