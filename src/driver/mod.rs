@@ -384,13 +384,13 @@ impl<K: Key> Driver<K> {
     /// A lookup by `holder` found nothing at `key`: either that absence is what its cycle
     /// reads, or another process's cycle holds the name and `holder` must wait for it
     /// (see `lease/claims.rs`).
-    pub fn lookup_missing(&self, key: &K, holder: ProcessId) -> Absence {
+    pub fn lookup_missing(&self, key: &K, holder: ProcessId, may_claim: bool) -> Absence {
         self.watch(holder);
         let family = self.processes.family_of(holder);
         let absence = self
             .engine
             .lock()
-            .lookup_missing(self.now(), key, holder, family);
+            .lookup_missing(self.now(), key, holder, family, may_claim);
         if absence == Absence::Claimed {
             tracing::trace!(path = %self.describe(key), pid = holder.pid, "lookup of a claimed missing name");
             self.wake_timer();

@@ -38,13 +38,15 @@ pub(super) struct Claim {
 
 impl<K: Clone + Eq + Hash> Engine<K> {
     /// A lookup by `holder` (whose parent and grandparent are `family`) found no file at
-    /// `key`.
+    /// `key`. Only a name the front end takes for a file's (`may_claim`) is claimed; a
+    /// name held by a lease is a file's already.
     pub fn lookup_missing(
         &mut self,
         now: Duration,
         key: &K,
         holder: Holder,
         family: [Option<Holder>; 2],
+        may_claim: bool,
     ) -> Absence {
         let related = |other: Holder, others_family: &[Option<Holder>; 2]| {
             other == holder
@@ -71,7 +73,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             }
         }
         self.saw_missing(now, key, holder);
-        if !self.holds(key, holder) && !self.claims.contains_key(key) {
+        if may_claim && !self.holds(key, holder) && !self.claims.contains_key(key) {
             self.prune_claims(now);
             self.claims.insert(
                 key.clone(),

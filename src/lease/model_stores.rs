@@ -5,6 +5,9 @@
 //! A session reads `state.dat` and `state.dir` (the index; a lookup that finds it missing
 //! loads an empty one), writes its value into `.dat` in place, appends its key to `.dir`,
 //! then renames `.dir` away and creates it again from the index it loaded plus its key.
+//! A lookup that finds `.dir` missing while the other process claims or holds it gets a
+//! placeholder: the session waits at it (a load as a read OPEN, a create as the GETATTR
+//! of its permission check) and then retries the op in the lease it was granted.
 //! The model keeps the index's content. It asserts, for every interleaving: when nobody
 //! was killed, the index at the end holds the key of every session that completed (an
 //! acknowledged update); no write of a session waits for its own process; and every
@@ -57,6 +60,12 @@ struct Session {
     dead: bool,
     /// The index this session loaded (empty when it found none).
     loaded: BTreeSet<Key>,
+    /// The op's lookup got a placeholder, and the wait at it was granted: the lease the
+    /// kernel's retry of the op continues, and whether it was granted to a GETATTR (the
+    /// permission check before an open for writing).
+    kept: Option<(LeaseId, bool)>,
+    /// The parked request is a placeholder's, not the op's own.
+    at_placeholder: bool,
 }
 
 impl Session {
@@ -152,6 +161,8 @@ impl World {
             waiting: None,
             dead: false,
             loaded: BTreeSet::new(),
+            kept: None,
+            at_placeholder: false,
         };
         World {
             engine: Engine::new(policy()),
@@ -235,22 +246,58 @@ impl World {
         let session = &self.sessions[index];
         let (process, op) = (session.process, session.program[session.next]);
         self.log.push(format!(
-            "t={:?} pid {} {op:?}{} (index {:?})",
+            "t={:?} pid {} {op:?}{} (index {:?}, kept {:?})",
             self.now,
             process.pid,
             if may_retry { "" } else { " retried" },
-            self.index
+            self.index,
+            self.sessions[index].kept,
         ));
         let creates = matches!(op, Op::AppendKey | Op::CreateIndex) && self.index.is_none();
-        if creates {
-            // The kernel looks the name up before it sends CREATE.
-            self.engine.saw_missing(self.now, &DIR, process);
+        let looks_up_missing = self.index.is_none() && (creates || op == Op::Read(DIR));
+        if looks_up_missing && !may_retry {
+            // The kernel's lookup before its retry of a refused request (see
+            // `Gate::lookup_missing`): no new absence, no placeholder.
+            self.engine.saw_missing_again(&DIR, process);
+        } else if looks_up_missing {
+            if let Some((lease, _)) = self.sessions[index].kept.take() {
+                // The retry found the index still missing: the kept use ends here, and the
+                // op goes on in the process's own cycle.
+                let actions = self.engine.finish(self.now, lease, process, Outcome::Read);
+                self.apply(actions);
+                let absence =
+                    self.engine
+                        .lookup_missing(self.now, &DIR, process, [None, None], true);
+                assert_eq!(
+                    absence,
+                    Absence::Missing,
+                    "a retry in its own cycle got a placeholder:\n{}",
+                    self.log.join("\n")
+                );
+            } else if self
+                .engine
+                .lookup_missing(self.now, &DIR, process, [None, None], true)
+                == Absence::Claimed
+            {
+                return self.wait_at_placeholder(index, op);
+            }
+        }
+        if let Some((lease, by_stat)) = self.sessions[index].kept.take() {
+            let saves = !matches!(op, Op::Read(_));
+            if by_stat
+                && saves
+                && self
+                    .engine
+                    .fence_stale_save(self.now, &DIR, process, [None, None])
+            {
+                let actions = self.engine.finish(self.now, lease, process, Outcome::Read);
+                self.apply(actions);
+                return self.refuse(index);
+            }
+            return self.complete(index, lease);
         }
         match request_for(op, process, self.index.is_some()) {
             None => {
-                if op == Op::Read(DIR) {
-                    self.engine.saw_missing(self.now, &DIR, process);
-                }
                 self.perform(index);
             }
             Some((key, ask)) => match self.engine.request(self.now, &key, process, ask) {
@@ -273,6 +320,33 @@ impl World {
                     self.sessions[index].waiting = Some(wait);
                 }
             },
+        }
+    }
+
+    /// The op's lookup got a placeholder: a load's OPEN of it waits as a read; an open
+    /// for writing is modelled by the GETATTR of its permission check, granted as a read
+    /// and judged when the retry saves.
+    fn wait_at_placeholder(&mut self, index: usize, op: Op) {
+        let process = self.sessions[index].process;
+        let by_stat = !matches!(op, Op::Read(_));
+        let ask = Ask {
+            thread: process.pid,
+            ..Ask::new(Intent::Read)
+        };
+        self.log.push(format!(
+            "t={:?} pid {} waits at a placeholder",
+            self.now, process.pid
+        ));
+        match self.engine.request(self.now, &DIR, process, ask) {
+            Admission::Granted(grant) => {
+                self.sessions[index].kept = Some((grant.lease, by_stat));
+                self.attempt(index, true);
+            }
+            Admission::Queued(wait) => {
+                self.sessions[index].waiting = Some(wait);
+                self.sessions[index].at_placeholder = true;
+            }
+            Admission::Fenced | Admission::OutOfTurn => self.refuse(index),
         }
     }
 
@@ -328,12 +402,21 @@ impl Clocked for World {
                 continue;
             };
             match self.answered.get(&wait).copied() {
+                Some(Some(grant)) if self.sessions[index].at_placeholder => {
+                    let session = &mut self.sessions[index];
+                    session.waiting = None;
+                    session.at_placeholder = false;
+                    let by_stat = !matches!(session.program[session.next], Op::Read(_));
+                    session.kept = Some((grant.lease, by_stat));
+                    self.attempt(index, true);
+                }
                 Some(Some(grant)) => {
                     self.sessions[index].waiting = None;
                     self.complete(index, grant.lease);
                 }
                 Some(None) => {
                     self.sessions[index].waiting = None;
+                    self.sessions[index].at_placeholder = false;
                     self.refuse(index);
                 }
                 None => {}

@@ -359,7 +359,8 @@ impl Gate {
             self.driver.saw_missing_again(key, holder);
             Absence::Missing
         } else {
-            self.driver.lookup_missing(key, holder)
+            let may_claim = super::names::looks_like_a_file(&key.1);
+            self.driver.lookup_missing(key, holder, may_claim)
         }
     }
 
@@ -428,18 +429,12 @@ impl Gate {
             .insert((tid, held.key.clone()), (held.clone(), until, kept));
     }
 
-    /// `tid` looked `key` up again after a placeholder's GETATTR and found it still
-    /// missing: its open fails in the kernel without an OPEN, so the read it was granted
-    /// for ends now (its read-to-save gap counts from here, not from the retry's expiry).
-    pub fn stat_retry_found_nothing(&self, tid: u32, key: &FileKey) {
-        let slot = (tid, key.clone());
-        let kept = {
-            let mut retries = self.retries.lock();
-            match retries.get(&slot) {
-                Some((_, _, Kept::ForStat)) => retries.remove(&slot),
-                _ => None,
-            }
-        };
+    /// `tid`'s retry looked `key` up again and found it missing: a read fails in the
+    /// kernel without an OPEN, and a create comes as a CREATE that joins the process's own
+    /// cycle, so the use the lease was kept for ends now (the read-to-save gap counts from
+    /// here, and the name is not held for the rest of the retry window).
+    pub fn retry_found_nothing(&self, tid: u32, key: &FileKey) {
+        let kept = self.retries.lock().remove(&(tid, key.clone()));
         if let Some((held, _, _)) = kept {
             self.finish(&held, Outcome::Read);
         }

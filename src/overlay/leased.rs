@@ -85,7 +85,7 @@ impl Leased {
                 let key = key(parent, name);
                 let managed = self.gate.names.is_managed(&key);
                 if managed {
-                    self.gate.stat_retry_found_nothing(caller.pid, &key);
+                    self.gate.retry_found_nothing(caller.pid, &key);
                 }
                 if managed && self.gate.lookup_missing(caller, &key) == Absence::Claimed {
                     let nodeid = self.gate.placeholders.look_up(&key);

@@ -153,6 +153,20 @@ pub fn left_alone(name: &OsStr, parent_name: Option<&OsStr>) -> bool {
     parent_name.is_some_and(|parent| parent.as_bytes().ends_with(b".lock"))
 }
 
+/// Whether a missing name looks like a file's: it has an extension (`store.json`,
+/// `state.dir`, `store.json.tmp`), not only a leading dot (`.config`). Only such a name
+/// is claimed by the first process that finds it missing (see `lease/claims.rs`): a
+/// placeholder at a name that becomes a directory would turn a path walk through it
+/// into ENOTDIR and a `mkdir` of it into EEXIST.
+pub fn looks_like_a_file(name: &OsStr) -> bool {
+    let name = name.as_bytes();
+    let start = name.iter().take_while(|&&b| b == b'.').count();
+    name[start..]
+        .iter()
+        .rposition(|&b| b == b'.')
+        .is_some_and(|dot| dot > 0 && start + dot + 1 < name.len())
+}
+
 /// Whether a file whose directory and its two ancestors are named `dirs` (nearest first)
 /// is in a git object store: `.git/objects/ab/<sha>`, `.git/objects/pack/pack-*.pack`,
 /// `.git/objects/info/*`, or the same under a bare `repo.git/objects`. Objects and packs
@@ -193,6 +207,22 @@ mod tests {
             ["", "", ""],
         ] {
             assert!(!in_git_object_store(dirs(other)), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn only_names_with_an_extension_look_like_files() {
+        for file in [
+            "store.json",
+            "state.dir",
+            "store.json.tmp",
+            ".env.local",
+            "a.b",
+        ] {
+            assert!(looks_like_a_file(OsStr::new(file)), "{file}");
+        }
+        for other in ["configstore", "race-S1", ".config", ".git", "x.", "..", "."] {
+            assert!(!looks_like_a_file(OsStr::new(other)), "{other}");
         }
     }
 
