@@ -155,8 +155,8 @@ type KeptLease = (Held, Duration, Kept);
 /// What a lease kept for the kernel's retry was granted to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kept {
-    /// An open, answered ESTALE: its retry is the same open.
-    ForOpen,
+    /// An open (for reading or not), answered ESTALE: its retry is the same open.
+    ForOpen { reads: bool },
     /// The GETATTR of a placeholder, granted as a read: the retry may be an open for
     /// writing, whose save is judged when it comes.
     ForStat,
@@ -408,8 +408,9 @@ impl Gate {
     /// Keeps a granted lease whose open is answered with ESTALE (the name now points at
     /// another file): the kernel looks the name up again and retries on the same thread,
     /// and that retry takes this lease instead of queueing again.
-    pub fn keep_for_retry(&self, tid: u32, held: &Held) {
-        self.keep_for_retry_as(tid, held, Kept::ForOpen);
+    pub fn keep_for_retry(&self, tid: u32, held: &Held, intent: Intent) {
+        let reads = intent == Intent::Read;
+        self.keep_for_retry_as(tid, held, Kept::ForOpen { reads });
     }
 
     /// Keeps a granted lease for the retry of a stat, or of the open whose permission check
@@ -420,7 +421,7 @@ impl Gate {
 
     fn keep_for_retry_as(&self, tid: u32, held: &Held, kept: Kept) {
         let window = match kept {
-            Kept::ForOpen => RETRY_WINDOW,
+            Kept::ForOpen { .. } => RETRY_WINDOW,
             Kept::ForStat => STAT_RETRY_WINDOW,
         };
         let until = self.now() + window;
@@ -429,12 +430,22 @@ impl Gate {
             .insert((tid, held.key.clone()), (held.clone(), until, kept));
     }
 
-    /// `tid`'s retry looked `key` up again and found it missing: a read fails in the
-    /// kernel without an OPEN, and a create comes as a CREATE that joins the process's own
-    /// cycle, so the use the lease was kept for ends now (the read-to-save gap counts from
-    /// here, and the name is not held for the rest of the retry window).
+    /// `tid`'s retry of a read (or of a stat) looked `key` up again and found it missing:
+    /// the read fails in the kernel without an OPEN, so the read the lease was kept for
+    /// ends now (the read-to-save gap counts from here, and the name is not held for the
+    /// rest of the retry window). A write's lease stays for its CREATE: ended now, a blind
+    /// write's lease would end at once and let the next waiter take the name first.
     pub fn retry_found_nothing(&self, tid: u32, key: &FileKey) {
-        let kept = self.retries.lock().remove(&(tid, key.clone()));
+        let slot = (tid, key.clone());
+        let kept = {
+            let mut retries = self.retries.lock();
+            match retries.get(&slot) {
+                Some((_, _, Kept::ForStat | Kept::ForOpen { reads: true })) => {
+                    retries.remove(&slot)
+                }
+                _ => None,
+            }
+        };
         if let Some((held, _, _)) = kept {
             self.finish(&held, Outcome::Read);
         }

@@ -134,7 +134,7 @@ impl Leased {
             if stat {
                 gate.keep_for_stat_retry(caller.pid, &held);
             } else {
-                gate.keep_for_retry(caller.pid, &held);
+                gate.keep_for_retry(caller.pid, &held, intent);
             }
             reply.refuse(Errno::ESTALE);
         });
@@ -199,7 +199,7 @@ impl Leased {
                     // kernel strips O_CREAT from OPEN, so O_TRUNC stands for it.
                     let _ = core.precreate(caller, held.key.0, &held.key.1, &inode);
                 }
-                gate.keep_for_retry(caller.pid, &held);
+                gate.keep_for_retry(caller.pid, &held, intent);
                 return reply.error(Errno::ESTALE);
             }
             match core.open(caller, nodeid, flags) {
