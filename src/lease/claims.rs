@@ -60,6 +60,12 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             });
             let others_queue = entry.lease.is_none() && !entry.queue.is_empty();
             if held_by_another || others_queue {
+                // A save of the asker's that comes after its own cycle lingered out (keyv-file
+                // saves 100 ms after its load, the default linger): its gap is known now, and
+                // taught at once it lengthens the linger of the cycle it waits behind, which
+                // belongs to another process of the same program.
+                self.teach_late_save(now, key, holder);
+                self.schedule(key);
                 return Absence::Claimed;
             }
         }
