@@ -15,6 +15,7 @@ use fuser::{
 
 use super::Caller;
 use super::attr::dirent_type;
+use super::inodes::ROOT_ID;
 use super::passthrough::{Overlay, SetAttr};
 use super::placeholders::is_placeholder;
 use super::reply::{entry_ttl, is_shared, reply_attr, reply_empty, reply_entry, reply_xattr};
@@ -348,7 +349,13 @@ impl Filesystem for LockFs {
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        match self.core.statfs(ino.0) {
+        // A placeholder lives in the mount's one filesystem, like everything else.
+        let ino = if is_placeholder(ino.0) {
+            ROOT_ID
+        } else {
+            ino.0
+        };
+        match self.core.statfs(ino) {
             Ok(st) => reply.statfs(
                 st.f_blocks,
                 st.f_bfree,
