@@ -15,9 +15,6 @@ use std::time::Duration;
 use super::Holder;
 use super::engine::{Ask, Engine, Intent, Lease, LeaseId, Mode};
 
-/// How many claims are kept before stale ones are dropped.
-const CLAIMS_KEPT: usize = 1024;
-
 /// What a lookup that found no file tells the asker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Absence {
@@ -135,11 +132,26 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         self.schedule(key);
     }
 
+    /// Drops claims older than the longest linger once there are many (the next pruning
+    /// waits for twice as many, so a burst of fresh ones is not scanned at every insert).
     fn prune_claims(&mut self, now: Duration) {
-        if self.claims.len() >= CLAIMS_KEPT {
+        if self.prune_claims_at.due(self.claims.len()) {
             let horizon = self.policy.max_linger;
             self.claims
                 .retain(|_, claim| now.saturating_sub(claim.at) <= horizon);
+            self.prune_claims_at.pruned(self.claims.len());
+        }
+    }
+
+    /// `holder` creates (or otherwise writes) `key`: a claim of its own is used up. A temp
+    /// name, found missing by its writer's lookup just before its CREATE, leaves nothing.
+    pub(super) fn use_up_claim(&mut self, key: &K, holder: Holder) {
+        if self
+            .claims
+            .get(key)
+            .is_some_and(|claim| claim.holder == holder)
+        {
+            self.claims.remove(key);
         }
     }
 

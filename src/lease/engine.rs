@@ -360,6 +360,7 @@ pub struct Engine<K> {
     pub(super) kept_at: HashMap<Holder, Duration>,
     /// The first process to find each name missing, lately (see `claims.rs`).
     pub(super) claims: HashMap<K, super::claims::Claim>,
+    pub(super) prune_claims_at: PruneAt,
 }
 
 impl<K: Clone + Eq + Hash> Engine<K> {
@@ -384,6 +385,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             beside: HashMap::default(),
             kept_at: HashMap::default(),
             claims: HashMap::default(),
+            prune_claims_at: PruneAt::default(),
         }
     }
 

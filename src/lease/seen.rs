@@ -96,6 +96,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         if !ask.locked || ask.replaces {
             return;
         }
+        self.use_up_claim(key, holder);
         let generation = self.generation(key);
         let slot = (key.clone(), holder);
         match self.seen.get_mut(&slot) {
