@@ -1509,6 +1509,16 @@ fn a_blind_write_that_wrote_nothing_ends_at_once() {
     assert!(e.finish(ms(3), save.lease, A, Outcome::Read).is_empty());
 }
 
+/// A lookup of a missing `key` by `holder` (no family; a name taken for a file's).
+fn looks_up(
+    e: &mut Engine<&'static str>,
+    now: Duration,
+    key: &'static str,
+    holder: Holder,
+) -> Absence {
+    e.lookup_missing(now, &key, holder, [None, None], true)
+}
+
 /// A create by `holder` of a name its lookup just found missing (CREATE holds the
 /// directory lock).
 fn create_ask() -> Ask {
@@ -1522,23 +1532,13 @@ fn create_ask() -> Ask {
 #[test]
 fn a_second_loader_of_a_missing_file_waits_for_the_first_ones_save() {
     let mut e = engine();
-    let none = [None, None];
-    assert_eq!(
-        e.lookup_missing(ms(0), &"s", A, none, true),
-        Absence::Missing
-    );
+    assert_eq!(looks_up(&mut e, ms(0), "s", A), Absence::Missing);
     // B finds the name A found missing: A's claim becomes A's cycle, B waits at its open.
-    assert_eq!(
-        e.lookup_missing(ms(10), &"s", B, none, true),
-        Absence::Claimed
-    );
+    assert_eq!(looks_up(&mut e, ms(10), "s", B), Absence::Claimed);
     assert_eq!(e.holders_of(&"s"), vec![A]);
     let b = queued(e.acquire(ms(11), &"s", B, Intent::Read, None));
     // A's own lookup before its create finds the name missing, and its create joins.
-    assert_eq!(
-        e.lookup_missing(ms(40), &"s", A, none, true),
-        Absence::Missing
-    );
+    assert_eq!(looks_up(&mut e, ms(40), "s", A), Absence::Missing);
     let a = granted(e.request(ms(40), &"s", A, create_ask()));
     let actions = e.finish(ms(41), a.lease, A, Outcome::Committed);
     assert_eq!(grants(&actions), vec![b]);
@@ -1549,21 +1549,14 @@ fn a_second_loader_of_a_missing_file_waits_for_the_first_ones_save() {
 #[test]
 fn a_claim_lapses_at_the_linger_and_a_child_never_waits_for_its_parents() {
     let mut e = engine();
-    let none = [None, None];
-    assert_eq!(
-        e.lookup_missing(ms(0), &"s", A, none, true),
-        Absence::Missing
-    );
+    assert_eq!(looks_up(&mut e, ms(0), "s", A), Absence::Missing);
     // A's child (the shell's `mv`) is part of A's cycle.
     assert_eq!(
         e.lookup_missing(ms(5), &"s", C, [Some(A), None], true),
         Absence::Missing
     );
     // Past the linger the claim is gone: B reads the absence as its own.
-    assert_eq!(
-        e.lookup_missing(ms(60), &"s", B, none, true),
-        Absence::Missing
-    );
+    assert_eq!(looks_up(&mut e, ms(60), "s", B), Absence::Missing);
     assert!(e.holders_of(&"s").is_empty());
 }
 
@@ -1580,15 +1573,9 @@ fn a_name_not_taken_for_a_file_or_claimed_by_an_exited_process_makes_nobody_wait
         e.lookup_missing(ms(1), &"dir", B, none, false),
         Absence::Missing
     );
-    assert_eq!(
-        e.lookup_missing(ms(0), &"s", A, none, true),
-        Absence::Missing
-    );
+    assert_eq!(looks_up(&mut e, ms(0), "s", A), Absence::Missing);
     e.holder_exited(ms(2), A, None);
-    assert_eq!(
-        e.lookup_missing(ms(3), &"s", B, none, true),
-        Absence::Missing
-    );
+    assert_eq!(looks_up(&mut e, ms(3), "s", B), Absence::Missing);
     assert!(e.holders_of(&"s").is_empty());
 }
 
@@ -1597,20 +1584,11 @@ fn a_save_granted_at_a_placeholders_getattr_is_judged_on_the_savers_absence() {
     let mut e = engine();
     let none = [None, None];
     // A and B both load the missing store before anyone claims it (A's claim lapsed).
-    assert_eq!(
-        e.lookup_missing(ms(0), &"s", A, none, true),
-        Absence::Missing
-    );
-    assert_eq!(
-        e.lookup_missing(ms(100), &"s", B, none, true),
-        Absence::Missing
-    );
+    assert_eq!(looks_up(&mut e, ms(0), "s", A), Absence::Missing);
+    assert_eq!(looks_up(&mut e, ms(100), "s", B), Absence::Missing);
     let b = granted(e.request(ms(101), &"s", B, create_ask()));
     // A's save: its lookup finds B's cycle holding the name, so it waits at a placeholder.
-    assert_eq!(
-        e.lookup_missing(ms(102), &"s", A, none, true),
-        Absence::Claimed
-    );
+    assert_eq!(looks_up(&mut e, ms(102), "s", A), Absence::Claimed);
     let a = queued(e.acquire(ms(102), &"s", A, Intent::Read, None));
     let actions = e.finish(ms(103), b.lease, B, Outcome::Committed);
     assert_eq!(grants(&actions), vec![a]);

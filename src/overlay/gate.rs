@@ -68,6 +68,21 @@ impl Ask {
         }
     }
 
+    /// An OPEN of `key` with `intent` (it holds no kernel lock, so it may wait). A save in
+    /// place is judged like a rename onto the name: one that rests on having found the
+    /// file missing (keyv-file's first load, then writeFile) is refused once someone else
+    /// created the file, instead of writing over it.
+    pub fn open(caller: Caller, key: FileKey, intent: Intent) -> Ask {
+        Ask {
+            caller,
+            key,
+            intent,
+            locked: false,
+            replaces: intent == Intent::Write,
+            creates: false,
+        }
+    }
+
     /// A rename or link onto `key`.
     pub fn replace(caller: Caller, key: FileKey) -> Ask {
         Ask {

@@ -117,15 +117,8 @@ impl Leased {
         let Some(key) = self.gate.placeholders.key_of(nodeid) else {
             return reply.refuse(Errno::ESTALE);
         };
-        let ask = Ask {
-            caller,
-            key,
-            intent,
-            locked: false,
-            // Judged like the open it stands for (see `open`).
-            replaces: intent == Intent::Write,
-            creates: false,
-        };
+        // Judged like the open it stands for.
+        let ask = Ask::open(caller, key, intent);
         self.with_lease(ask, reply, move |_, gate, held, reply| {
             tracing::trace!(
                 tid = caller.pid,
@@ -168,17 +161,7 @@ impl Leased {
             );
             return reply.error(Errno::ESTALE);
         }
-        let ask = Ask {
-            caller,
-            key,
-            intent,
-            locked: false,
-            // A save in place is judged like a rename onto the name: one that rests on
-            // having found the file missing (keyv-file's first load, then writeFile) is
-            // refused once someone else created the file, instead of writing over it.
-            replaces: intent == Intent::Write,
-            creates: false,
-        };
+        let ask = Ask::open(caller, key, intent);
         self.with_lease(ask, reply, move |core, gate, held, reply| {
             // A retried read whose name was replaced again meanwhile (a blind save went
             // ahead out of turn) opens the version the kernel found, as natively: the
