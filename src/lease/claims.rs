@@ -13,7 +13,7 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use super::Holder;
-use super::engine::{Ask, Engine, Intent, Lease, LeaseId, Mode};
+use super::engine::{Ask, Engine, Entry, Intent, Lease, LeaseId, Mode};
 
 /// What a lookup that found no file tells the asker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +105,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                     && !seen.inherited
                     && seen.generation == entry.generation
             });
-        let linger = self.linger_for(key, entry, claim.holder);
+        let linger = self.claim_linger(entry);
         entry.lease.is_none()
             && entry.queue.is_empty()
             && still_absent
@@ -126,10 +126,26 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             idle_since: Some(now),
             read_done_at: Some(claim.at),
         };
-        entry.lease = Some(Lease::new(id, mode, claim.at, Some(entry.generation)));
+        let mut lease = Lease::new(id, mode, claim.at, Some(entry.generation));
+        lease.claimed = true;
+        entry.lease = Some(lease);
         self.active.insert(id, key.clone());
         self.counters.claims += 1;
         self.schedule(key);
+    }
+
+    /// How long a claim, and the claimed cycle, may wait for its holder's first save. A
+    /// file nobody has saved yet has no gaps to go by, and a first save is late by nature:
+    /// its program starts up, loads, then saves after its own delay (keyv-file's 100 ms
+    /// debounce plus a start-up, over the 100 ms default). So a claim waits up to the
+    /// longest linger until the file has shown a gap, or until a claim on it has lingered
+    /// out without a save (its claimants only probe the name).
+    pub(super) fn claim_linger(&self, entry: &Entry) -> Duration {
+        if entry.gaps.is_empty() && !entry.probed {
+            self.policy.max_linger.max(self.policy.linger)
+        } else {
+            entry.gaps.linger(&self.policy)
+        }
     }
 
     /// Drops claims older than the longest linger once there are many (the next pruning

@@ -174,6 +174,9 @@ pub(super) struct Lease {
     /// Part of a store's save under way: its holder removed one of the store's files and
     /// has not created it again, so the cycle does not linger out (see `kept.rs`).
     pub(super) pending: bool,
+    /// The cycle began as a claim: its holder's load found the file missing (see
+    /// `claims.rs`).
+    pub(super) claimed: bool,
 }
 
 impl Lease {
@@ -192,6 +195,7 @@ impl Lease {
             yielded: false,
             refused: false,
             pending: false,
+            claimed: false,
         }
     }
 }
@@ -217,6 +221,9 @@ pub(super) struct Entry {
     pub(super) saver_parent: Option<Holder>,
     /// Reads beside the cycle open now: a write in place waits until none is.
     pub(super) beside: u32,
+    /// A claimed cycle on this name lingered out without a save: its claimants may only
+    /// probe the name, so claims linger no longer than other cycles.
+    pub(super) probed: bool,
 }
 
 impl Entry {
@@ -1164,8 +1171,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             entry.lease.as_ref().map(|lease| &lease.mode),
             Some(Mode::Exclusive { writing: true, .. })
         );
+        let claimed = entry.lease.as_ref().is_some_and(|lease| lease.claimed);
         if self.is_reader(key, holder) && !removed {
             Duration::ZERO
+        } else if claimed {
+            self.claim_linger(entry)
         } else {
             entry.gaps.linger(&self.policy)
         }

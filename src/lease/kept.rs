@@ -211,6 +211,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     /// Ends an idle lease at its linger (or yielded): a kept cycle as the commit it was, any
     /// other as a read-only cycle.
     pub(super) fn end_quiet(&mut self, now: Duration, key: &K) {
+        if let Some(entry) = self.entries.get_mut(key)
+            && entry.lease.as_ref().is_some_and(|lease| lease.claimed)
+        {
+            entry.probed = true;
+        }
         let kept = self
             .entries
             .get(key)

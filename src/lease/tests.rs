@@ -1555,9 +1555,39 @@ fn a_claim_lapses_at_the_linger_and_a_child_never_waits_for_its_parents() {
         e.lookup_missing(ms(5), &"s", C, [Some(A), None], true),
         Absence::Missing
     );
-    // Past the linger the claim is gone: B reads the absence as its own.
-    assert_eq!(looks_up(&mut e, ms(60), "s", B), Absence::Missing);
+    // A file nobody has saved has no gaps: its claim lasts the longest linger. Past that,
+    // B reads the absence as its own.
+    assert_eq!(looks_up(&mut e, ms(1001), "s", B), Absence::Missing);
     assert!(e.holders_of(&"s").is_empty());
+}
+
+#[test]
+fn a_first_save_later_than_the_default_linger_keeps_its_claim_until_a_probe_lingers_out() {
+    let mut e = engine();
+    // keyv-file: A loads the missing store and saves 120 ms later, past the 50 ms linger.
+    assert_eq!(looks_up(&mut e, ms(0), "s", A), Absence::Missing);
+    assert_eq!(looks_up(&mut e, ms(60), "s", B), Absence::Claimed);
+    let b = queued(e.acquire(ms(61), &"s", B, Intent::Read, None));
+    assert!(e.tick(ms(110)).is_empty());
+    assert_eq!(looks_up(&mut e, ms(120), "s", A), Absence::Missing);
+    let a = granted(e.request(ms(120), &"s", A, create_ask()));
+    assert_eq!(
+        grants(&e.finish(ms(121), a.lease, A, Outcome::Committed)),
+        vec![b]
+    );
+
+    // A name only ever probed: the first claimed cycle lingers out at the longest linger,
+    // and later claims on it last the default linger only.
+    let mut e = engine();
+    assert_eq!(looks_up(&mut e, ms(0), "p", A), Absence::Missing);
+    assert_eq!(looks_up(&mut e, ms(10), "p", B), Absence::Claimed);
+    let b = queued(e.acquire(ms(11), &"p", B, Intent::Read, None));
+    assert!(e.tick(ms(500)).is_empty());
+    assert_eq!(grants(&e.tick(ms(1010))), vec![b]);
+    e.holder_exited(ms(1011), B, None);
+    assert_eq!(looks_up(&mut e, ms(2000), "p", A), Absence::Missing);
+    assert_eq!(looks_up(&mut e, ms(2060), "p", C), Absence::Missing);
+    assert!(e.holders_of(&"p").is_empty());
 }
 
 #[test]
@@ -1583,17 +1613,18 @@ fn a_name_not_taken_for_a_file_or_claimed_by_an_exited_process_makes_nobody_wait
 fn a_save_granted_at_a_placeholders_getattr_is_judged_on_the_savers_absence() {
     let mut e = engine();
     let none = [None, None];
-    // A and B both load the missing store before anyone claims it (A's claim lapsed).
+    // A and B both load the missing store before anyone claims it (A's claim lapsed at the longest
+    // linger).
     assert_eq!(looks_up(&mut e, ms(0), "s", A), Absence::Missing);
-    assert_eq!(looks_up(&mut e, ms(100), "s", B), Absence::Missing);
-    let b = granted(e.request(ms(101), &"s", B, create_ask()));
+    assert_eq!(looks_up(&mut e, ms(1100), "s", B), Absence::Missing);
+    let b = granted(e.request(ms(1101), &"s", B, create_ask()));
     // A's save: its lookup finds B's cycle holding the name, so it waits at a placeholder.
-    assert_eq!(looks_up(&mut e, ms(102), "s", A), Absence::Claimed);
-    let a = queued(e.acquire(ms(102), &"s", A, Intent::Read, None));
-    let actions = e.finish(ms(103), b.lease, B, Outcome::Committed);
+    assert_eq!(looks_up(&mut e, ms(1102), "s", A), Absence::Claimed);
+    let a = queued(e.acquire(ms(1102), &"s", A, Intent::Read, None));
+    let actions = e.finish(ms(1103), b.lease, B, Outcome::Committed);
     assert_eq!(grants(&actions), vec![a]);
     // The retry is A's save in place of B's file, built on A's absence: refused.
-    assert!(e.fence_stale_save(ms(104), &"s", A, none));
+    assert!(e.fence_stale_save(ms(1104), &"s", A, none));
     // C never loaded the store: its save is blind, and goes.
-    assert!(!e.fence_stale_save(ms(105), &"s", C, none));
+    assert!(!e.fence_stale_save(ms(1105), &"s", C, none));
 }
