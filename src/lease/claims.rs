@@ -204,6 +204,18 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         true
     }
 
+    /// `holder` claims a name other than `key` and still rests on its absence.
+    pub(super) fn claims_another(&self, key: &K, holder: Holder) -> bool {
+        self.claims.iter().any(|(other, claim)| {
+            other != key
+                && claim.holder == holder
+                && self
+                    .seen
+                    .get(&(other.clone(), holder))
+                    .is_some_and(|seen| seen.absent && !seen.committed && !seen.inherited)
+        })
+    }
+
     /// An exited process claims nothing.
     pub(super) fn drop_claims_of(&mut self, holder: Holder) {
         self.claims.retain(|_, claim| claim.holder != holder);

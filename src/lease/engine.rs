@@ -126,6 +126,10 @@ pub enum Outcome {
     /// The name was unlinked or renamed away: a commit, but the cycle goes on so that its
     /// holder can create the name again before anyone sees it missing.
     Removed,
+    /// The file was created and left empty (dbm.dumb's `open(dat, 'w')` when it makes a new
+    /// database): a commit, since the name exists now, but the cycle goes on, as after a
+    /// removal, so that its creator fills it before anyone else reads it empty.
+    Touched,
 }
 
 #[derive(Clone, Debug)]
@@ -177,6 +181,8 @@ pub(super) struct Lease {
     /// The cycle began as a claim: its holder's load found the file missing (see
     /// `claims.rs`).
     pub(super) claimed: bool,
+    /// The holder created the file empty in this cycle ([`Outcome::Touched`]).
+    pub(super) touched: bool,
 }
 
 impl Lease {
@@ -196,6 +202,7 @@ impl Lease {
             refused: false,
             pending: false,
             claimed: false,
+            touched: false,
         }
     }
 }
@@ -568,13 +575,15 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             return Admission::Fenced;
         }
         if free {
-            if ask.intent != Intent::Read {
-                self.consume_absence(now, key, holder, &ask);
-            }
+            let loaded = ask.intent != Intent::Read && self.consume_absence(now, key, holder, &ask);
             if ask.intent == Intent::Write {
                 self.teach_late_save(now, key, holder);
             }
-            return Admission::Granted(self.start_lease(now, key, holder, ask.intent));
+            // A create of a missing file the holder loaded (dbm.dumb appends the first entry
+            // to its new index) is its cycle's save, not an append beside others: it holds
+            // the file, with its absence as the view, until the holder's cycle ends.
+            let intent = if loaded { Intent::Write } else { ask.intent };
+            return Admission::Granted(self.start_lease(now, key, holder, intent));
         }
         if appends_alongside {
             return self.join(key, holder, ask.intent);
@@ -865,7 +874,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 ..
             } => {
                 *uses = uses.saturating_sub(1);
-                if wrote {
+                if wrote && outcome != Outcome::Touched {
                     if let Some(read_done) = *read_done_at {
                         entry.gaps.record(now.saturating_sub(read_done));
                     }
@@ -887,9 +896,11 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                     Outcome::Committed => true,
                     // A blind removal (a temp file renamed into place) ends its cycle.
                     Outcome::Removed if current.view.is_none() => true,
-                    Outcome::Removed => {
-                        // The cycle goes on from the removal: its view is its own commit.
+                    Outcome::Removed | Outcome::Touched => {
+                        // The cycle goes on from the removal or the empty create: its view
+                        // is its own commit.
                         current.view = generation;
+                        current.touched |= outcome == Outcome::Touched;
                         *writing = true;
                         if *uses == 0 {
                             *idle_since = Some(now);
@@ -939,7 +950,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         match outcome {
             Outcome::Removed if !ended => self.hold_store_save(now, holder),
             Outcome::Committed => self.end_store_save(holder),
-            Outcome::Read | Outcome::Removed => {}
+            Outcome::Read | Outcome::Removed | Outcome::Touched => {}
         }
         if ended {
             self.end_lease(&key);

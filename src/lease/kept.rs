@@ -30,15 +30,20 @@ use super::engine::{Engine, Lease, LeaseId, Mode, Seen};
 
 impl<K: Clone + Eq + Hash> Engine<K> {
     /// Whether `holder`'s save of `key`, which it read in this cycle, keeps the cycle
-    /// going: the holder also holds a cycle it read on another file.
+    /// going: the holder also holds a cycle it read on another file, or, for a file it
+    /// created empty (a new dbm.dumb database's `.dat`, filled next), a claim on another
+    /// missing name it loaded (the new database's index, created after).
     pub(super) fn keeps_after_commit(&self, key: &K, holder: Holder) -> bool {
-        let read_here = self
+        let lease = self
             .entries
             .get(key)
             .and_then(|entry| entry.lease.as_ref())
-            .is_some_and(|lease| lease.view.is_some() && holds_cycle(lease, holder));
-        read_here
-            && self.active.values().any(|other| {
+            .filter(|lease| lease.view.is_some() && holds_cycle(lease, holder));
+        let Some(lease) = lease else {
+            return false;
+        };
+        (lease.touched && self.claims_another(key, holder))
+            || self.active.values().any(|other| {
                 other != key
                     && self
                         .entries

@@ -92,9 +92,15 @@ impl<K: Clone + Eq + Hash> Engine<K> {
     /// that load to the create is the program's read-to-save gap (keyv-file saves 100 ms
     /// after it found its store missing): taught to the linger, the cycles of the processes
     /// that wait for this first save last long enough for their own saves.
-    pub(super) fn consume_absence(&mut self, now: Duration, key: &K, holder: Holder, ask: &Ask) {
+    pub(super) fn consume_absence(
+        &mut self,
+        now: Duration,
+        key: &K,
+        holder: Holder,
+        ask: &Ask,
+    ) -> bool {
         if !ask.locked || ask.replaces {
-            return;
+            return false;
         }
         self.use_up_claim(key, holder);
         let generation = self.generation(key);
@@ -108,12 +114,14 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                 {
                     entry.gaps.record(gap);
                 }
+                true
             }
             Some(seen) if seen.absent => {
                 self.seen.remove(&slot);
                 entry_seen_by(&mut self.entries, key, -1);
+                false
             }
-            _ => {}
+            _ => false,
         }
     }
 

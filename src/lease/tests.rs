@@ -1628,3 +1628,57 @@ fn a_save_granted_at_a_placeholders_getattr_is_judged_on_the_savers_absence() {
     // C never loaded the store: its save is blind, and goes.
     assert!(!e.fence_stale_save(ms(1105), &"s", C, none));
 }
+
+#[test]
+fn a_new_dbm_database_is_its_creators_cycle_from_the_empty_data_file_to_the_index() {
+    let mut e = engine();
+    // dbm.dumb makes a new database: `open(dat, 'w')` (created empty), the index found
+    // missing, the first value written into `.dat`, the first entry appended to `.dir`.
+    assert_eq!(looks_up(&mut e, ms(0), "dat", A), Absence::Missing);
+    let touch = granted(e.request(ms(1), &"dat", A, create_ask()));
+    let b = queued(e.request(ms(2), &"dat", B, ask(Intent::Read)));
+    assert!(grants(&e.finish(ms(3), touch.lease, A, Outcome::Touched)).is_empty());
+    assert_eq!(looks_up(&mut e, ms(4), "dir", A), Absence::Missing);
+    let fill = Ask {
+        replaces: true,
+        ..ask(Intent::Write)
+    };
+    let value = granted(e.request(ms(5), &"dat", A, fill));
+    // Filled while A still rests on the missing index: the cycle goes on.
+    assert!(grants(&e.finish(ms(6), value.lease, A, Outcome::Committed)).is_empty());
+    assert_eq!(looks_up(&mut e, ms(7), "dir", A), Absence::Missing);
+    let append_create = Ask {
+        locked: true,
+        creates: true,
+        ..Ask::new(Intent::Append)
+    };
+    let index = granted(e.request(ms(8), &"dir", A, append_create));
+    // The index's first append is A's cycle's save, not an append beside others.
+    let c = queued(e.request(ms(9), &"dir", C, ask(Intent::Append)));
+    assert!(grants(&e.finish(ms(10), index.lease, A, Outcome::Committed)).is_empty());
+    // Both cycles linger out together; B and C then see the whole database.
+    let mut granted_later = grants(&e.tick(ms(200)));
+    granted_later.sort();
+    assert_eq!(granted_later, vec![b, c]);
+}
+
+#[test]
+fn an_empty_create_without_a_claim_elsewhere_ends_at_its_first_fill() {
+    let mut e = engine();
+    let touch = granted(e.request(ms(1), &"f", A, create_ask()));
+    let b = queued(e.request(ms(2), &"f", B, ask(Intent::Read)));
+    assert!(grants(&e.finish(ms(3), touch.lease, A, Outcome::Touched)).is_empty());
+    let fill = granted(e.request(
+        ms(4),
+        &"f",
+        A,
+        Ask {
+            replaces: true,
+            ..ask(Intent::Write)
+        },
+    ));
+    assert_eq!(
+        grants(&e.finish(ms(5), fill.lease, A, Outcome::Committed)),
+        vec![b]
+    );
+}

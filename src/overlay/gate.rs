@@ -130,6 +130,8 @@ struct HandleLease {
     /// (size, mtime, ctime) before the open, to tell whether the handle changed the file.
     before: Option<(i64, i64, i64, i64, i64)>,
     truncated_or_created: bool,
+    /// The open created the file.
+    created: bool,
 }
 
 /// A file a process created or opened for writing: the temp file of a cycle, maybe.
@@ -568,6 +570,7 @@ impl Gate {
                 writes,
                 before,
                 truncated_or_created,
+                created,
             },
         );
     }
@@ -639,10 +642,12 @@ impl Gate {
         if lease.truncated_or_created && self.driver.tie_to_cycle(&held.key, held.holder, wrote) {
             return;
         }
-        let outcome = if wrote {
-            Outcome::Committed
-        } else {
+        let outcome = if !wrote {
             Outcome::Read
+        } else if lease.created && fingerprint(handle).is_some_and(|after| after.0 == 0) {
+            Outcome::Touched
+        } else {
+            Outcome::Committed
         };
         self.finish(held, outcome);
     }
