@@ -468,6 +468,20 @@ impl Gate {
         }
     }
 
+    /// Ends every lease kept for a retry by thread `tid`.
+    fn end_retries_of(&self, tid: u32) {
+        let ended: Vec<Held> = {
+            let mut retries = self.retries.lock();
+            let mine: Vec<_> = retries.keys().filter(|k| k.0 == tid).cloned().collect();
+            mine.into_iter()
+                .filter_map(|k| retries.remove(&k).map(|(held, _, _)| held))
+                .collect()
+        };
+        for held in ended {
+            self.finish(&held, Outcome::Read);
+        }
+    }
+
     /// Ends reservations for retries that never came (the name is gone, say).
     fn expire_retries(&self) {
         let now = self.now();
@@ -507,6 +521,10 @@ impl Gate {
         }
         match prior {
             Some((refused, at)) if refused == nodeid && now.saturating_sub(at) < REFUSAL_RETRY => {
+                // The retry found the same inode under its new name (the program meant
+                // that name): the lease kept at the old name is not its.
+                drop(refusals);
+                self.end_retries_of(tid);
                 false
             }
             _ => {

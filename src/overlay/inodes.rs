@@ -66,8 +66,9 @@ pub struct Inode {
     former_name: Mutex<Option<NamedAt>>,
     /// The passthrough backing file shared by every open handle of this inode.
     backing: Mutex<Weak<BackingId>>,
-    /// When a rename through the mount last gave this inode a new name.
-    moved_at: Mutex<Option<Instant>>,
+    /// When a rename through the mount last gave this inode a new name, and the name it
+    /// had before.
+    moved: Mutex<Option<(Instant, NamedAt)>>,
 }
 
 impl Inode {
@@ -81,7 +82,7 @@ impl Inode {
             name: Mutex::new(None),
             former_name: Mutex::new(None),
             backing: Mutex::new(Weak::new()),
-            moved_at: Mutex::new(None),
+            moved: Mutex::new(None),
         }
     }
 
@@ -107,20 +108,32 @@ impl Inode {
         });
     }
 
-    /// A rename gave this inode a new name (see [`Inode::moved_within`]).
-    pub fn note_moved(&self) {
-        *self.moved_at.lock() = Some(Instant::now());
+    /// A rename gave this inode a new name; it was (`parent`, `name`) (see
+    /// [`Inode::moved_within`]).
+    pub fn note_moved(&self, parent: u64, name: &OsStr) {
+        let from = NamedAt {
+            parent,
+            name: name.to_os_string(),
+        };
+        *self.moved.lock() = Some((Instant::now(), from));
     }
 
     /// Whether a rename gave this inode a new name after `at`.
     pub fn moved_after(&self, at: Instant) -> bool {
-        self.moved_at.lock().is_some_and(|moved| moved > at)
+        self.moved
+            .lock()
+            .as_ref()
+            .is_some_and(|(moved, _)| *moved > at)
     }
 
-    /// Whether a rename gave this inode a new name within `window`: a process that
-    /// walked the old name just before may open it by this nodeid just after.
-    pub fn moved_within(&self, window: Duration) -> bool {
-        self.moved_at.lock().is_some_and(|at| at.elapsed() < window)
+    /// The name a rename took this inode from within `window`: a process that walked
+    /// that name just before may open it by this nodeid just after.
+    pub fn moved_within(&self, window: Duration) -> Option<NamedAt> {
+        self.moved
+            .lock()
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < window)
+            .map(|(_, from)| from.clone())
     }
 
     /// Forgets the name if it is still (parent, name): that name no longer points here.

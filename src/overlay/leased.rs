@@ -150,16 +150,35 @@ impl Leased {
         }
         // The kernel strips O_TRUNC from OPEN (the truncate follows as a SETATTR), so every
         // open for writing in place counts; appends do not (they destroy nothing).
+        let moved_from = inode.moved_within(MOVED_WINDOW);
         if intent == Intent::Write
             && self
                 .gate
-                .must_look_up_again(caller.pid, nodeid, inode.moved_within(MOVED_WINDOW))
+                .must_look_up_again(caller.pid, nodeid, moved_from.is_some())
         {
+            let walked = moved_from
+                .map(|from| (from.parent, from.name))
+                .filter(|from| self.gate.names.is_managed(from));
+            let Some(walked) = walked else {
+                tracing::trace!(
+                    tid = caller.pid,
+                    "write open of a just-renamed inode: ESTALE for a fresh lookup"
+                );
+                return reply.error(Errno::ESTALE);
+            };
+            // The kernel retries once. Sent back at once, the retry found the name it
+            // walked held by the next cycle (a shared temp), waited, and was replaced
+            // again: a second ESTALE, which the program sees. So the open first waits its
+            // turn at that name, like a placeholder's, and the retry continues the lease.
             tracing::trace!(
                 tid = caller.pid,
-                "write open of a just-renamed inode: ESTALE for a fresh lookup"
+                "write open of a just-renamed inode: waits at the name it had, then ESTALE"
             );
-            return reply.error(Errno::ESTALE);
+            let ask = Ask::open(caller, walked, intent);
+            return self.with_lease(ask, reply, move |_, gate, held, reply| {
+                gate.keep_for_retry(caller.pid, &held, intent);
+                reply.error(Errno::ESTALE);
+            });
         }
         let ask = Ask::open(caller, key, intent);
         self.with_lease(ask, reply, move |core, gate, held, reply| {

@@ -351,7 +351,7 @@ impl Overlay {
         }
         if let Some(moved) = moved {
             moved.set_name(new_parent, new_name);
-            moved.note_moved();
+            moved.note_moved(parent, name);
         }
         Ok(())
     }
