@@ -80,9 +80,8 @@ fn s5_shell_sed_and_mv() {
 }
 
 /// The literal `sed ... store > store.tmp && mv store.tmp store` with one `store.tmp`
-/// shared by every writer: a known gap (see the README), kept here so it is seen.
+/// shared by every writer (README, "A temp name shared by concurrent shell writers").
 #[test]
-#[ignore = "known gap: a temp name shared by concurrent shell writers can still get an update refused under lockfs: since placeholders two of 55-odd runs here refused one update, both with two busy loops on the two cores (README, Limits)"]
 fn s5_shell_with_a_shared_temp_name() {
     scenario("S5", Native::Reported);
 }
