@@ -1,8 +1,11 @@
-//! Readers racing a rename-over (S10) and SQLite in WAL mode (S11), through the mount.
+//! Readers racing a rename-over (S10), SQLite in WAL mode (S11), and the order of cycles
+//! around a save, through the mount.
 
 mod common;
 
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::{MountGuard, script, state_dir};
 
@@ -145,4 +148,103 @@ fn a_load_of_a_missing_store_waits_for_the_first_loaders_save() {
         std::fs::read_to_string(state.join("store.json")).unwrap(),
         "first"
     );
+}
+
+/// keyv-file's `await set()` returns at the save's close(2), and its next update loads at
+/// once: that load can reach the daemon before the kernel's release of the saved handle,
+/// which is when the save commits. The load is the start of the process's next cycle, so
+/// a writer waiting since before the save must not go between it and its save.
+///
+/// The release is held back here on purpose: a forked child keeps the saved handle open
+/// until the holder has loaded again.
+#[test]
+fn a_load_between_a_saves_close_and_its_release_keeps_the_next_save_in_turn() {
+    let (_tmp, state) = state_dir();
+    // A linger far above the pauses below: the test is about order, not timing.
+    let _mount = MountGuard::mount(&state, &["--linger", "5s", "--max-hold", "60s"]);
+    let store = state.join("store.txt");
+    std::fs::write(&store, "0").unwrap();
+    let holder_program = r#"
+import os, sys, time
+p = sys.argv[1]
+def load():
+    with open(p) as f:
+        return f.read()
+def save(text):
+    fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, text.encode())
+    return fd
+first = load()
+print("loaded", first, flush=True)
+sys.stdin.readline()
+fd = save(first + "+a1")
+child = os.fork()
+if child == 0:
+    time.sleep(0.5)
+    os._exit(0)
+os.close(fd)
+second = load()
+os.waitpid(child, 0)
+time.sleep(0.2)
+try:
+    os.close(save(second + "+a2"))
+    print("saved", flush=True)
+except OSError as e:
+    print("refused", e, flush=True)
+"#;
+    let other_program = r#"
+import os, sys
+p = sys.argv[1]
+with open(p) as f:
+    seen = f.read()
+with open(p, "w") as f:
+    f.write(seen + "+b")
+print("saw", seen, flush=True)
+"#;
+    let python = common::cycle::python3();
+    let mut holder = Command::new(python)
+        .args(["-c", holder_program])
+        .arg(&store)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start python3");
+    let mut holder_out = BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    holder_out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "loaded 0");
+    let other = Command::new(python)
+        .args(["-c", other_program])
+        .arg(&store)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start python3");
+    let queued = common::wait_until(Duration::from_secs(30), || {
+        let status = common::lockfs(&["status", "--json", state.to_str().unwrap()]);
+        String::from_utf8_lossy(&status.stdout).contains(&format!("\"pid\": {}", other.id()))
+    });
+    assert!(
+        queued,
+        "the other writer never queued behind the holder's cycle"
+    );
+    writeln!(holder.stdin.as_mut().unwrap()).unwrap();
+    let finished = common::wait_until(Duration::from_secs(60), || {
+        holder.try_wait().unwrap().is_some()
+    });
+    assert!(finished, "the holder hung");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut holder_out, &mut rest).unwrap();
+    let other = other.wait_with_output().unwrap();
+    let other_said = String::from_utf8_lossy(&other.stdout);
+    assert_eq!(
+        rest.trim(),
+        "saved",
+        "the holder's save after its reload (the other writer said {other_said:?})"
+    );
+    assert_eq!(
+        other_said.trim(),
+        "saw 0+a1+a2",
+        "the other writer went between"
+    );
+    assert_eq!(std::fs::read_to_string(&store).unwrap(), "0+a1+a2+b");
 }

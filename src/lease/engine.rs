@@ -130,6 +130,11 @@ pub enum Outcome {
     /// database): a commit, since the name exists now, but the cycle goes on, as after a
     /// removal, so that its creator fills it before anyone else reads it empty.
     Touched,
+    /// The file was written, and its holder's next load began after the save's last close
+    /// but before that close reached us (the kernel sends the release on its own time;
+    /// keyv-file's `await set()` returns at close and the next update reads at once): a
+    /// commit, and that load's cycle starts from it, so the save that follows is in turn.
+    Reloaded,
 }
 
 #[derive(Clone, Debug)]
@@ -858,6 +863,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         }
         let wrote = outcome != Outcome::Read;
         let keeps = outcome == Outcome::Committed && self.keeps_after_commit(&key, holder);
+        let reloaded = outcome == Outcome::Reloaded;
         let before = self.generation(&key);
         let generation = if wrote { Some(self.bump(&key)) } else { None };
         let entry = self
@@ -894,6 +900,19 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                         false
                     }
                     Outcome::Committed => true,
+                    Outcome::Reloaded => {
+                        // A fresh cycle of the holder from its own commit, as if the load
+                        // had come after it.
+                        current.view = generation;
+                        current.granted_at = now;
+                        current.kept = false;
+                        current.touched = false;
+                        current.claimed = false;
+                        *writing = false;
+                        *idle_since = (*uses == 0).then_some(now);
+                        *read_done_at = *idle_since;
+                        false
+                    }
                     // A blind removal (a temp file renamed into place) ends its cycle.
                     Outcome::Removed if current.view.is_none() => true,
                     Outcome::Removed | Outcome::Touched => {
@@ -940,7 +959,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         if wrote && !exclusive {
             self.carry_view_over_append(&key, holder, before);
         }
-        if ended && wrote && exclusive {
+        if (ended || reloaded) && wrote && exclusive {
             self.read_streaks.remove(&(key.clone(), holder));
         }
         if ended && wrote && exclusive && had_view {
@@ -949,7 +968,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         }
         match outcome {
             Outcome::Removed if !ended => self.hold_store_save(now, holder),
-            Outcome::Committed => self.end_store_save(holder),
+            Outcome::Committed | Outcome::Reloaded => self.end_store_save(holder),
             Outcome::Read | Outcome::Removed | Outcome::Touched => {}
         }
         if ended {

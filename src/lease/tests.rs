@@ -1682,3 +1682,52 @@ fn an_empty_create_without_a_claim_elsewhere_ends_at_its_first_fill() {
         vec![b]
     );
 }
+
+/// keyv-file: `await set()` returns at the save's close(2) and the next update loads at
+/// once; the kernel's release of the saved handle (the commit) reaches us after that load.
+/// `saved` is what that release reports.
+fn load_between_close_and_release(saved: Outcome) -> (Engine<&'static str>, WaitId, Admission) {
+    let mut e = engine();
+    let a = granted(e.acquire(ms(0), &"s", A, Intent::Read, None));
+    let b = queued(e.acquire(ms(1), &"s", B, Intent::Read, None));
+    assert!(e.finish(ms(2), a.lease, A, Outcome::Read).is_empty());
+    let save = granted(e.acquire(ms(100), &"s", A, Intent::Write, None));
+    let load = granted(e.acquire(ms(101), &"s", A, Intent::Read, None));
+    assert_eq!(load.lease, save.lease, "a process never waits for itself");
+    assert!(e.finish(ms(102), load.lease, A, Outcome::Read).is_empty());
+    let released = e.finish(ms(103), save.lease, A, saved);
+    if saved == Outcome::Reloaded {
+        assert!(released.is_empty(), "B waits for A's next cycle");
+        // Past the default linger, within the one A's gaps call for (4 x 98 ms).
+        assert!(e.tick(ms(200)).is_empty());
+    } else {
+        assert_eq!(grants(&released), vec![b]);
+        let Action::Granted { grant, .. } = released[0] else {
+            unreachable!()
+        };
+        assert!(
+            e.finish(ms(150), grant.lease, B, Outcome::Committed)
+                .is_empty()
+        );
+    }
+    let next_save = e.request(ms(203), &"s", A, ask(Intent::Write));
+    (e, b, next_save)
+}
+
+#[test]
+fn a_load_between_a_saves_close_and_its_release_starts_the_holders_next_cycle() {
+    let (mut e, b, next_save) = load_between_close_and_release(Outcome::Reloaded);
+    let next_save = granted(next_save);
+    assert_eq!(
+        next_save.generation, 1,
+        "the next cycle starts from A's commit"
+    );
+    let actions = e.finish(ms(204), next_save.lease, A, Outcome::Committed);
+    assert_eq!(grants(&actions), vec![b], "then B, in turn");
+    assert_eq!(e.generation(&"s"), 2);
+
+    // Taken as a plain commit, the cycle ended with B waiting: B went ahead, and A's save
+    // from that load was refused.
+    let (_, _, next_save) = load_between_close_and_release(Outcome::Committed);
+    assert!(matches!(next_save, Admission::Fenced), "{next_save:?}");
+}

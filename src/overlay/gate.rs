@@ -132,6 +132,9 @@ struct HandleLease {
     truncated_or_created: bool,
     /// The open created the file.
     created: bool,
+    /// Its holder opened the file for reading after this handle's close(2) and before its
+    /// release: the next load, which the commit at release starts (`Outcome::Reloaded`).
+    reloaded: bool,
 }
 
 /// A file a process created or opened for writing: the temp file of a cycle, maybe.
@@ -572,23 +575,43 @@ impl Gate {
     }
 
     /// Records the lease an open handle holds until its release.
-    pub fn opened(&self, handle: &FileHandle, held: Held, intent: Intent, created: bool, tid: u32) {
+    pub fn opened(
+        &self,
+        handle: &FileHandle,
+        held: Held,
+        intent: Intent,
+        created: bool,
+        caller: Caller,
+    ) {
         let writes = intent != Intent::Read;
         let truncated_or_created = created || handle.flags & libc::O_TRUNC != 0;
         if writes {
             self.note_write(held.holder, &held.key, handle.inode.key.ino);
         }
         let before = fingerprint(handle);
-        self.handle_leases.lock().insert(
+        let mut leases = self.handle_leases.lock();
+        if !writes {
+            for saved in leases.values_mut() {
+                if saved.writes
+                    && saved.held.grant.lease == held.grant.lease
+                    && saved.held.holder == held.holder
+                    && saved.closed_at.is_some_and(|closed| closed < caller.unique)
+                {
+                    saved.reloaded = true;
+                }
+            }
+        }
+        leases.insert(
             handle.fh,
             HandleLease {
                 held,
-                tid,
+                tid: caller.pid,
                 closed_at: None,
                 writes,
                 before,
                 truncated_or_created,
                 created,
+                reloaded: false,
             },
         );
     }
@@ -664,6 +687,8 @@ impl Gate {
             Outcome::Read
         } else if lease.created && fingerprint(handle).is_some_and(|after| after.0 == 0) {
             Outcome::Touched
+        } else if lease.reloaded {
+            Outcome::Reloaded
         } else {
             Outcome::Committed
         };

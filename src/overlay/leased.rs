@@ -206,7 +206,7 @@ impl Leased {
             }
             match core.open(caller, nodeid, flags) {
                 Ok(handle) => {
-                    gate.opened(&handle, held, intent, false, caller.pid);
+                    gate.opened(&handle, held, intent, false, caller);
                     reply_open(core, reply, Ok(handle));
                 }
                 Err(e) => {
@@ -247,7 +247,7 @@ impl Leased {
         self.with_lease(ask, reply, move |core, gate, held, reply| {
             match core.create(caller, held.key.0, &held.key.1, mode, flags) {
                 Ok((entry, handle)) => {
-                    gate.opened(&handle, held, intent, true, caller.pid);
+                    gate.opened(&handle, held, intent, true, caller);
                     reply_create(core, reply, Ok((entry, handle)));
                 }
                 Err(e) => {
