@@ -189,8 +189,13 @@ const S14_SHELVE_LOSS_RUNS: usize = 6;
 
 /// dbm.dumb saves one database in three files: every acknowledged update must be in it,
 /// and it must always open. (An update refused with ESTALE is allowed here, see above.)
+///
+/// 1 of 290 runs once lost an update: a load of `state.dir` walked the name just before
+/// another process renamed it to `state.bak`, and the read was counted on `.bak`. A read
+/// open of an inode just renamed away is now sent back to the name it walked, also when
+/// the walk went through a cached entry (see `tests/concurrency.rs`): 0 lost in 700 runs
+/// (200 beside two busy loops), and in 640 before that last case was covered.
 #[test]
-#[ignore = "known gap: 1 of 290 runs of the row lost an acknowledged update (a load of state.dir walked the name just before another process renamed it to state.bak, and the read was counted on .bak); closed for walks that send a LOOKUP (0 of 140 runs since), not for walks through a cached entry; README, Limits"]
 fn s14_shelve_loses_no_acknowledged_update() {
     let (_tmp, state) = state_dir();
     let _mount = MountGuard::mount(&state, &[]);

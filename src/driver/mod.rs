@@ -233,6 +233,19 @@ impl<K: Key> Driver<K> {
         self.engine.lock().generation(key)
     }
 
+    /// Whether a process other than thread `tid`'s parent or grandparent renamed `key`
+    /// away (or unlinked it) in a cycle that goes on: an open by `tid` may wait for that
+    /// cycle without waiting for its own family.
+    pub fn renamed_away_by_another(&self, key: &K, tid: u32) -> bool {
+        let Some(holder) = self.engine.lock().removed_by(key) else {
+            return false;
+        };
+        let Ok(opener) = self.process_of_thread(tid) else {
+            return false;
+        };
+        !self.processes.family_of(opener).contains(&Some(holder))
+    }
+
     /// Revokes the lease on `key` (an operator's `lockfs break`); the holders it was taken
     /// from, each logged.
     pub fn revoke(&self, key: &K) -> Vec<ProcessId> {

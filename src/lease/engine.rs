@@ -188,6 +188,9 @@ pub(super) struct Lease {
     pub(super) claimed: bool,
     /// The holder created the file empty in this cycle ([`Outcome::Touched`]).
     pub(super) touched: bool,
+    /// The holder renamed the file away or unlinked it in this cycle, which goes on
+    /// ([`Outcome::Removed`] after a read).
+    pub(super) removed: bool,
 }
 
 impl Lease {
@@ -208,6 +211,7 @@ impl Lease {
             pending: false,
             claimed: false,
             touched: false,
+            removed: false,
         }
     }
 }
@@ -821,6 +825,16 @@ impl<K: Clone + Eq + Hash> Engine<K> {
         self.bump(key);
     }
 
+    /// The holder of the cycle on `key` that goes on after it renamed the file away or
+    /// unlinked it (dbm.dumb between renaming `.dir` to `.bak` and its next commit).
+    pub fn removed_by(&self, key: &K) -> Option<Holder> {
+        let lease = self.entries.get(key)?.lease.as_ref()?;
+        match lease.mode {
+            Mode::Exclusive { holder, .. } if lease.removed => Some(holder),
+            _ => None,
+        }
+    }
+
     /// Nobody holds `key`, waits for it or reads it beside a cycle.
     pub fn is_free(&self, key: &K) -> bool {
         self.entries.get(key).is_none_or(|entry| {
@@ -908,6 +922,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                         current.kept = false;
                         current.touched = false;
                         current.claimed = false;
+                        current.removed = false;
                         *writing = false;
                         *idle_since = (*uses == 0).then_some(now);
                         *read_done_at = *idle_since;
@@ -920,6 +935,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
                         // is its own commit.
                         current.view = generation;
                         current.touched |= outcome == Outcome::Touched;
+                        current.removed |= outcome == Outcome::Removed;
                         *writing = true;
                         if *uses == 0 {
                             *idle_since = Some(now);

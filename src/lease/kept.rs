@@ -91,6 +91,7 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             *read_done_at = None;
         }
         lease.kept = false;
+        lease.removed = false;
         lease.view = None;
         lease.granted_at = now;
         self.schedule(key);
@@ -175,7 +176,10 @@ impl<K: Clone + Eq + Hash> Engine<K> {
             read_done_at: None,
         };
         let entry = self.entries.get_mut(key).expect("entry exists");
-        entry.lease = Some(Lease::new(id, removed, now, Some(generation)));
+        entry.lease = Some(Lease {
+            removed: true,
+            ..Lease::new(id, removed, now, Some(generation))
+        });
         self.active.insert(id, key.clone());
         self.schedule(key);
         self.hold_store_save(now, holder);

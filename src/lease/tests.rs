@@ -815,13 +815,24 @@ fn a_removal_keeps_the_cycle_until_the_name_is_created_again() {
     e.finish(ms(1), a.lease, A, Outcome::Read);
     let b = queued(e.request(ms(2), &"s.dir", B, ask(Intent::Read)));
     let away = granted(e.request(ms(3), &"s.dir", A, locked(Intent::Write)));
+    assert_eq!(e.removed_by(&"s.dir"), None);
     assert!(e.finish(ms(4), away.lease, A, Outcome::Removed).is_empty());
+    // A load that walked `.dir` just before the rename and opens what is now `.bak` is
+    // sent back to the name while this cycle goes on (see the gate's read_walked_elsewhere).
+    assert_eq!(e.removed_by(&"s.dir"), Some(A));
     let create = granted(e.request(ms(5), &"s.dir", A, locked(Intent::Write)));
     assert_eq!(create.lease, a.lease, "the re-create is part of the cycle");
     assert_eq!(
         grants(&e.finish(ms(6), create.lease, A, Outcome::Committed)),
         vec![b]
     );
+    assert_eq!(e.removed_by(&"s.dir"), None);
+
+    // A blind removal (a temp renamed into place) ends its cycle: nothing to go back to.
+    let mut e = engine();
+    let temp = granted(e.request(ms(0), &"s.tmp", A, locked(Intent::Write)));
+    e.finish(ms(1), temp.lease, A, Outcome::Removed);
+    assert_eq!(e.removed_by(&"s.tmp"), None);
 }
 
 #[test]

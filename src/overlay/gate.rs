@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 
 use super::Caller;
 use super::handles::FileHandle;
-use super::inodes::Inode;
+use super::inodes::{Inode, NamedAt};
 use super::names::Names;
 pub use super::names::{ExcludeFn, FileKey};
 use super::passthrough::Overlay;
@@ -159,11 +159,11 @@ pub struct Gate {
     /// fresh lookup whose "not found" must not pass for a new view of the file.
     refused: Mutex<HashMap<(u32, FileKey), Duration>>,
     recent_writes: Mutex<HashMap<ProcessId, VecDeque<Written>>>,
-    /// Opens for writing of a just-renamed inode answered ESTALE: by thread, the nodeid
+    /// Opens of a just-renamed inode answered ESTALE: by thread, the nodeid
     /// and when. The thread's next open is the kernel's retry (see `must_look_up_again`).
     moved_refusals: Mutex<HashMap<u32, (u64, Duration)>>,
     /// The last name of a regular file each thread looked up and found, the nodeid and
-    /// when: the path walk of the thread's next open (see `walked_a_moved_name`).
+    /// when: the path walk of the thread's next open (see `read_walked_elsewhere`).
     walks: Mutex<HashMap<u32, Walk>>,
     pub names: Names,
     pub placeholders: Placeholders,
@@ -504,9 +504,9 @@ impl Gate {
         }
     }
 
-    /// Whether thread `tid`'s open for writing of `nodeid` must first look its name up
-    /// again (ESTALE, which the kernel retries once after a fresh lookup), when a rename
-    /// just gave that inode a new name (`moved`). A shell's `> store.tmp` walked the temp's
+    /// Whether thread `tid`'s open of `nodeid` must first look its name up again (ESTALE,
+    /// which the kernel retries once after a fresh lookup), when a rename just gave that
+    /// inode a new name (`moved`). A shell's `> store.tmp` walked the temp's
     /// name just before another script renamed that temp over the store, and its OPEN then
     /// came for the store's inode: it truncated the store and wrote its own update into
     /// it. The thread's very next open is the retry: let through if its fresh lookup found
@@ -516,25 +516,23 @@ impl Gate {
         let now = self.now();
         let mut refusals = self.moved_refusals.lock();
         let prior = refusals.remove(&tid);
+        if prior.is_some_and(|(refused, at)| {
+            refused == nodeid && now.saturating_sub(at) < REFUSAL_RETRY
+        }) {
+            // The retry found the same inode under its new name (the program meant that
+            // name): the lease kept at the old name is not its.
+            drop(refusals);
+            self.end_retries_of(tid);
+            return false;
+        }
         if !moved {
             return false;
         }
         if refusals.len() > 1024 {
             refusals.retain(|_, (_, at)| now.saturating_sub(*at) < REFUSAL_RETRY);
         }
-        match prior {
-            Some((refused, at)) if refused == nodeid && now.saturating_sub(at) < REFUSAL_RETRY => {
-                // The retry found the same inode under its new name (the program meant
-                // that name): the lease kept at the old name is not its.
-                drop(refusals);
-                self.end_retries_of(tid);
-                false
-            }
-            _ => {
-                refusals.insert(tid, (nodeid, now));
-                true
-            }
-        }
+        refusals.insert(tid, (nodeid, now));
+        true
     }
 
     /// `tid` looked up the name `key` and found the regular file `nodeid`.
@@ -558,20 +556,33 @@ impl Gate {
         self.walks.lock().remove(&tid);
     }
 
-    /// Whether `tid`'s open of `inode` (now named `key`) comes from a path walk of
-    /// another name that somebody renamed `inode` away from between the walk and the
-    /// open. dbm.dumb loading `state.dir` walked it just before another process renamed
-    /// it to `state.bak`: its read was counted on `.bak`, and its later rewrite of `.dir`
-    /// from that old index passed for a blind save. ESTALE sends the kernel to look the
-    /// name up again (once), so the read is of the name the program asked for.
-    pub fn walked_a_moved_name(&self, tid: u32, key: &FileKey, inode: &Inode) -> bool {
-        let Some(walk) = self.walks.lock().remove(&tid) else {
-            return false;
-        };
-        walk.nodeid == inode.nodeid
-            && walk.key != *key
-            && walk.at.elapsed() < WALK_WINDOW
-            && inode.moved_after(walk.at)
+    /// The name `tid` most likely walked to reach `inode`, which it opens for reading as
+    /// `key`, when that is another name somebody renamed `inode` away from between the
+    /// walk and the open. dbm.dumb loading `state.dir` walked it just before another
+    /// process renamed it to `state.bak`: its read was counted on `.bak`, and its later
+    /// rewrite of `.dir` from that old index passed for a blind save.
+    ///
+    /// A walk that sent a LOOKUP says which name it took. One through a cached entry sends
+    /// nothing, so the name `inode` was just moved away from (`moved_from`) stands in for
+    /// it while the renamer's cycle on that name goes on (dbm.dumb has not committed its
+    /// new index yet): a temp file renamed into place ended its cycle, so readers of a
+    /// store pay nothing, and a child never waits here for its parent's cycle.
+    pub fn read_walked_elsewhere(
+        &self,
+        tid: u32,
+        key: &FileKey,
+        inode: &Inode,
+        moved_from: Option<NamedAt>,
+    ) -> Option<FileKey> {
+        let walk = self.walks.lock().remove(&tid);
+        if let Some(walk) =
+            walk.filter(|walk| walk.nodeid == inode.nodeid && walk.at.elapsed() < WALK_WINDOW)
+        {
+            return (walk.key != *key && inode.moved_after(walk.at)).then_some(walk.key);
+        }
+        let from = moved_from.map(|from| (from.parent, from.name))?;
+        (self.names.is_managed(&from) && self.driver.renamed_away_by_another(&from, tid))
+            .then_some(from)
     }
 
     /// Records the lease an open handle holds until its release.

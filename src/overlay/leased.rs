@@ -141,38 +141,47 @@ impl Leased {
             return reply_open(&self.core, reply, self.core.open(caller, nodeid, flags));
         };
         let intent = intent_of_open(flags);
-        if intent == Intent::Read && self.gate.walked_a_moved_name(caller.pid, &key, &inode) {
-            tracing::trace!(
-                tid = caller.pid,
-                "read open of an inode renamed away from the name it walked: ESTALE for a fresh lookup"
-            );
-            return reply.error(Errno::ESTALE);
-        }
-        // The kernel strips O_TRUNC from OPEN (the truncate follows as a SETATTR), so every
-        // open for writing in place counts; appends do not (they destroy nothing).
         let moved_from = inode.moved_within(MOVED_WINDOW);
-        if intent == Intent::Write
-            && self
+        // The name the open went through, when it must look that name up again (ESTALE,
+        // which the kernel retries once after a fresh lookup): None when it is not managed.
+        let look_up_again = match intent {
+            Intent::Read => {
+                let walked = self
+                    .gate
+                    .read_walked_elsewhere(caller.pid, &key, &inode, moved_from);
+                self.gate
+                    .must_look_up_again(caller.pid, nodeid, walked.is_some())
+                    .then_some(walked)
+            }
+            // The kernel strips O_TRUNC from OPEN (the truncate follows as a SETATTR), so
+            // every open for writing in place counts; appends do not (they destroy nothing).
+            Intent::Write => self
                 .gate
                 .must_look_up_again(caller.pid, nodeid, moved_from.is_some())
-        {
-            let walked = moved_from
-                .map(|from| (from.parent, from.name))
-                .filter(|from| self.gate.names.is_managed(from));
+                .then(|| {
+                    moved_from
+                        .map(|from| (from.parent, from.name))
+                        .filter(|from| self.gate.names.is_managed(from))
+                }),
+            Intent::Append => None,
+        };
+        if let Some(walked) = look_up_again {
             let Some(walked) = walked else {
                 tracing::trace!(
                     tid = caller.pid,
-                    "write open of a just-renamed inode: ESTALE for a fresh lookup"
+                    "open of a just-renamed inode: ESTALE for a fresh lookup"
                 );
                 return reply.error(Errno::ESTALE);
             };
             // The kernel retries once. Sent back at once, the retry found the name it
-            // walked held by the next cycle (a shared temp), waited, and was replaced
-            // again: a second ESTALE, which the program sees. So the open first waits its
-            // turn at that name, like a placeholder's, and the retry continues the lease.
+            // walked held by the next cycle (a shared temp, a re-created dbm index),
+            // waited, and was replaced again: a second ESTALE, which the program sees. So
+            // the open first waits its turn at that name, like a placeholder's, and the
+            // retry continues the lease.
             tracing::trace!(
                 tid = caller.pid,
-                "write open of a just-renamed inode: waits at the name it had, then ESTALE"
+                ?intent,
+                "open of a just-renamed inode: waits at the name it walked, then ESTALE"
             );
             let ask = Ask::open(caller, walked, intent);
             return self.with_lease(ask, reply, move |_, gate, held, reply| {
