@@ -12,7 +12,9 @@ use super::gate::{Ask, FileKey, Gate, Held, intent_of_open};
 use super::inodes::InodeKey;
 use super::passthrough::{OpResult, Overlay, SetAttr};
 use super::placeholders;
-use super::reply::{Refuse, reply_attr, reply_create, reply_empty, reply_entry, reply_open};
+use super::reply::{
+    Refuse, reply_attr, reply_create, reply_empty, reply_entry, reply_open, reply_open_unleased,
+};
 use crate::lease::{Absence, Intent, Outcome};
 
 pub struct Leased {
@@ -138,7 +140,8 @@ impl Leased {
             return self.wait_at_placeholder(caller, nodeid, intent_of_open(flags), false, reply);
         }
         let Some((key, inode)) = self.gate.names.managed_inode(nodeid) else {
-            return reply_open(&self.core, reply, self.core.open(caller, nodeid, flags));
+            let result = self.core.open(caller, nodeid, flags);
+            return reply_open_unleased(&self.core, reply, result, flags);
         };
         let intent = intent_of_open(flags);
         let moved_from = inode.moved_within(MOVED_WINDOW);
