@@ -150,6 +150,48 @@ fn a_load_of_a_missing_store_waits_for_the_first_loaders_save() {
     );
 }
 
+/// Runs the Python `program` with `arg`, its stdout piped (and its stdin, for `paused`
+/// programs that wait for a line).
+fn python_program(program: &str, arg: &std::path::Path, paused: bool) -> std::process::Child {
+    let stdin = if paused {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    Command::new(common::cycle::python3())
+        .args(["-c", program])
+        .arg(arg)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start python3")
+}
+
+/// The first line `child` printed, and the rest of its output to come.
+fn first_line(child: &mut std::process::Child) -> (String, BufReader<std::process::ChildStdout>) {
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    (line.trim().to_string(), out)
+}
+
+/// Whether `lockfs status` of the mount at `state` shows `pid` waiting for `path`, within
+/// a generous limit.
+fn comes_to_wait_for(state: &std::path::Path, path: &str, pid: u32) -> bool {
+    common::wait_until(Duration::from_secs(30), || {
+        let status = common::lockfs(&["status", "--json", state.to_str().unwrap()]);
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+        status["leases"].as_array().is_some_and(|leases| {
+            leases.iter().any(|lease| {
+                lease["path"] == path
+                    && lease["waiters"]
+                        .as_array()
+                        .is_some_and(|waiters| waiters.iter().any(|w| w["pid"] == pid))
+            })
+        })
+    })
+}
+
 /// keyv-file's `await set()` returns at the save's close(2), and its next update loads at
 /// once: that load can reach the daemon before the kernel's release of the saved handle,
 /// which is when the save commits. The load is the start of the process's next cycle, so
@@ -201,30 +243,12 @@ with open(p, "w") as f:
     f.write(seen + "+b")
 print("saw", seen, flush=True)
 "#;
-    let python = common::cycle::python3();
-    let mut holder = Command::new(python)
-        .args(["-c", holder_program])
-        .arg(&store)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start python3");
-    let mut holder_out = BufReader::new(holder.stdout.take().unwrap());
-    let mut line = String::new();
-    holder_out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "loaded 0");
-    let other = Command::new(python)
-        .args(["-c", other_program])
-        .arg(&store)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start python3");
-    let queued = common::wait_until(Duration::from_secs(30), || {
-        let status = common::lockfs(&["status", "--json", state.to_str().unwrap()]);
-        String::from_utf8_lossy(&status.stdout).contains(&format!("\"pid\": {}", other.id()))
-    });
+    let mut holder = python_program(holder_program, &store, true);
+    let (line, mut holder_out) = first_line(&mut holder);
+    assert_eq!(line, "loaded 0");
+    let other = python_program(other_program, &store, false);
     assert!(
-        queued,
+        comes_to_wait_for(&state, "store.txt", other.id()),
         "the other writer never queued behind the holder's cycle"
     );
     writeln!(holder.stdin.as_mut().unwrap()).unwrap();
@@ -280,38 +304,13 @@ import sys
 with open(sys.argv[1]) as f:
     print("read", f.read(), flush=True)
 "#;
-    let python = common::cycle::python3();
     // Everyone's walks go through cached entries from here on.
     assert_eq!(std::fs::read_to_string(&index).unwrap(), "old index");
-    let mut renamer = Command::new(python)
-        .args(["-c", renamer_program])
-        .arg(&state)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start python3");
-    let mut renamer_out = BufReader::new(renamer.stdout.take().unwrap());
-    let mut line = String::new();
-    renamer_out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "renamed");
-    let reader = Command::new(python)
-        .args(["-c", reader_program])
-        .arg(state.join("state.bak"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start python3");
-    let waits_at_the_old_name = common::wait_until(Duration::from_secs(30), || {
-        let status = common::lockfs(&["status", "--json", state.to_str().unwrap()]);
-        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
-        status["leases"].as_array().is_some_and(|leases| {
-            leases.iter().any(|lease| {
-                lease["path"] == "state.dir"
-                    && lease["waiters"]
-                        .as_array()
-                        .is_some_and(|waiters| waiters.iter().any(|w| w["pid"] == reader.id()))
-            })
-        })
-    });
+    let mut renamer = python_program(renamer_program, &state, true);
+    let (line, _renamer_out) = first_line(&mut renamer);
+    assert_eq!(line, "renamed");
+    let reader = python_program(reader_program, &state.join("state.bak"), false);
+    let waits_at_the_old_name = comes_to_wait_for(&state, "state.dir", reader.id());
     writeln!(renamer.stdin.as_mut().unwrap()).unwrap();
     let renamer_done = common::wait_until(Duration::from_secs(60), || {
         renamer.try_wait().unwrap().is_some()
