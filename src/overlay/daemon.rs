@@ -461,6 +461,7 @@ fn start_session(
         },
         core,
         want_passthrough: !args.no_passthrough,
+        no_opendir: false,
     };
     let mut config = fuser::Config::default();
     config.mount_options = vec![

@@ -27,6 +27,8 @@ pub struct LockFs {
     pub leased: super::leased::Leased,
     /// The user asked for daemon read/write (`--no-passthrough`).
     pub want_passthrough: bool,
+    /// The kernel lists directories without OPENDIR/RELEASEDIR (set at INIT).
+    pub no_opendir: bool,
 }
 
 impl Filesystem for LockFs {
@@ -36,6 +38,13 @@ impl Filesystem for LockFs {
         // Every listing comes with attributes (READDIRPLUS, not AUTO): interning a name
         // costs one fstatat and no fd, and find, ls -l and git then need no LOOKUP per name.
         let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        // Without OPENDIR a listing costs no open and release round trips (git gc opens
+        // each of the 256 object directories twice). The kernel then keeps listings
+        // (FOPEN_CACHE_DIR), which is wrong where others change the directory too.
+        self.no_opendir = !is_shared()
+            && config
+                .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+                .is_ok();
         let granted = self.want_passthrough
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
@@ -268,6 +277,10 @@ impl Filesystem for LockFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir {
+            // The kernel takes ENOSYS as "no OPENDIR needed" and lists with fh 0 from now on.
+            return reply.error(Errno::ENOSYS);
+        }
         match self.core.opendir(ino.0) {
             // The kernel may keep the listing: every change to a directory goes through
             // this mount, and each one bumps the directory's version, which drops it.
@@ -283,12 +296,12 @@ impl Filesystem for LockFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let result = self.core.readdir(fh.0, offset, |nodeid, entry| {
+        let result = self.core.readdir(ino.0, fh.0, offset, |nodeid, entry| {
             reply.add(
                 INodeNo(nodeid),
                 entry.next_offset,
@@ -305,12 +318,12 @@ impl Filesystem for LockFs {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let result = self.core.readdirplus(fh.0, offset, |entry, found| {
+        let result = self.core.readdirplus(ino.0, fh.0, offset, |entry, found| {
             reply.add(
                 found.attr.ino,
                 entry.next_offset,
@@ -340,12 +353,12 @@ impl Filesystem for LockFs {
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.core.fsyncdir(fh.0, datasync));
+        reply_empty(reply, self.core.fsyncdir(ino.0, fh.0, datasync));
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {

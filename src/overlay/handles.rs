@@ -1,12 +1,14 @@
 //! Open file and directory handles: what each fh the kernel holds refers to.
 
 use std::ffi::{CStr, OsStr, OsString};
+use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use fuser::BackingId;
+use lru::LruCache;
 use parking_lot::{Mutex, RwLock};
 
 use super::inodes::Inode;
@@ -41,6 +43,7 @@ pub struct Handles {
     next: AtomicU64,
     files: RwLock<HashMap<u64, Arc<FileHandle>>>,
     dirs: RwLock<HashMap<u64, Arc<DirHandle>>>,
+    parked: ParkedStreams,
 }
 
 impl Default for Handles {
@@ -49,6 +52,28 @@ impl Default for Handles {
             next: AtomicU64::new(1),
             files: RwLock::default(),
             dirs: RwLock::default(),
+            parked: ParkedStreams::new(PARKED_STREAMS),
+        }
+    }
+}
+
+/// How many directory listings may be under way at once without OPENDIR before the
+/// least recently read one must reopen its directory and seek.
+const PARKED_STREAMS: usize = 64;
+
+/// Directory streams between the READDIRs of one listing when the kernel sends no
+/// OPENDIR (FUSE_NO_OPENDIR_SUPPORT): a READDIR then names only the directory and a
+/// cookie, so the stream a batch stopped at is kept under (directory, generation, cookie)
+/// for the batch that continues there. A listing that reached its end keeps nothing.
+struct ParkedStreams {
+    streams: Mutex<LruCache<(u64, u64, u64), DirStream>>,
+}
+
+impl ParkedStreams {
+    fn new(capacity: usize) -> ParkedStreams {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        ParkedStreams {
+            streams: Mutex::new(LruCache::new(capacity)),
         }
     }
 }
@@ -87,6 +112,24 @@ impl Handles {
 
     pub fn remove_dir(&self, fh: u64) -> Option<Arc<DirHandle>> {
         self.dirs.write().remove(&fh)
+    }
+
+    /// The stream a listing of `inode` left at cookie `offset`, if one is parked there.
+    pub fn take_parked(&self, inode: &Inode, offset: u64) -> Option<DirStream> {
+        let key = (inode.nodeid, inode.generation, offset);
+        self.parked.streams.lock().pop(&key)
+    }
+
+    /// Keeps `stream` for the READDIR that continues `inode`'s listing where it stands.
+    pub fn park(&self, inode: &Inode, stream: DirStream) {
+        let key = (inode.nodeid, inode.generation, stream.position);
+        let evicted = self.parked.streams.lock().push(key, stream);
+        drop(evicted);
+    }
+
+    #[cfg(test)]
+    pub fn parked_count(&self) -> usize {
+        self.parked.streams.lock().len()
     }
 }
 

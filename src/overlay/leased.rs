@@ -13,7 +13,8 @@ use super::inodes::InodeKey;
 use super::passthrough::{OpResult, Overlay, SetAttr};
 use super::placeholders;
 use super::reply::{
-    Refuse, reply_attr, reply_create, reply_empty, reply_entry, reply_open, reply_open_unleased,
+    Refuse, reply_absent, reply_attr, reply_create, reply_empty, reply_entry, reply_open,
+    reply_open_unleased,
 };
 use crate::lease::{Absence, Intent, Outcome};
 
@@ -79,17 +80,18 @@ impl Leased {
 
     /// A lookup; finding nothing at a managed name is what the caller's cycle reads,
     /// unless another process's cycle holds that name: then the answer is a placeholder,
-    /// and the caller waits at its next request on it (see `placeholders.rs`).
+    /// and the caller waits at its next request on it (see `placeholders.rs`). Nothing at
+    /// a name no lease covers is an absence the kernel may keep.
     pub fn lookup(&self, caller: Caller, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let result = self.core.lookup(parent, name);
         match &result {
             Err(e) if *e == Errno::ENOENT => {
                 let key = key(parent, name);
-                let managed = self.gate.names.is_managed(&key);
-                if managed {
-                    self.gate.retry_found_nothing(caller.pid, &key);
+                if !self.gate.names.is_managed(&key) {
+                    return reply_absent(reply);
                 }
-                if managed && self.gate.lookup_missing(caller, &key) == Absence::Claimed {
+                self.gate.retry_found_nothing(caller.pid, &key);
+                if self.gate.lookup_missing(caller, &key) == Absence::Claimed {
                     let nodeid = self.gate.placeholders.look_up(&key);
                     let attr = placeholders::attr(nodeid, caller.uid, caller.gid);
                     return reply.entry(&placeholders::TTL, &attr, Generation(0));

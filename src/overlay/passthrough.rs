@@ -496,44 +496,79 @@ impl Overlay {
 
     pub fn opendir(&self, nodeid: u64) -> OpResult<u64> {
         let inode = self.inode(nodeid)?;
-        let fd = sys::reopen(
-            self.path_fd(&inode)?.as_fd(),
-            libc::O_RDONLY | libc::O_DIRECTORY,
-        )
-        .map_err(errno)?;
-        let stream = DirStream::open(fd).map_err(errno)?;
+        let stream = self.dir_stream(&inode)?;
         Ok(self.handles.insert_dir(inode, stream))
     }
 
-    /// Reads entries from cookie `offset`; `add(nodeid, next_offset, entry)` returns true
-    /// when the reply buffer is full (that entry is then returned again next time).
+    /// Runs `list` on the stream of directory handle `fh` or, when the kernel sent no
+    /// OPENDIR (`fh` 0), on a stream of directory `nodeid`: the one its listing parked at
+    /// `offset`, else a fresh one. `list` returns whether it read to the end; a stream
+    /// that did not is parked where it stopped. A batch stops at an entry that did not
+    /// fit by seeking back to it, which also drops what the C library had buffered, so a
+    /// parked stream reads on from the disk below as a fresh open and seek would.
+    fn with_stream(
+        &self,
+        nodeid: u64,
+        fh: u64,
+        offset: u64,
+        list: impl FnOnce(&Arc<Inode>, &mut DirStream) -> OpResult<bool>,
+    ) -> OpResult<()> {
+        if fh != 0 {
+            let handle = self.handles.dir(fh).ok_or(Errno::EBADF)?;
+            let mut stream = handle.stream.lock();
+            stream.seek(offset);
+            return list(&handle.inode, &mut stream).map(drop);
+        }
+        let dir = self.inode(nodeid)?;
+        let mut stream = match self.handles.take_parked(&dir, offset) {
+            Some(stream) => stream,
+            None => self.dir_stream(&dir)?,
+        };
+        stream.seek(offset);
+        if !list(&dir, &mut stream)? {
+            self.handles.park(&dir, stream);
+        }
+        Ok(())
+    }
+
+    fn dir_stream(&self, dir: &Inode) -> OpResult<DirStream> {
+        let fd = sys::reopen(
+            self.path_fd(dir)?.as_fd(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+        )
+        .map_err(errno)?;
+        DirStream::open(fd).map_err(errno)
+    }
+
+    /// Reads entries of directory `nodeid` (handle `fh`, or 0 without OPENDIR) from cookie
+    /// `offset`; `add(nodeid, entry)` returns true when the reply buffer is full (that
+    /// entry is then returned again next time).
     pub fn readdir(
         &self,
+        nodeid: u64,
         fh: u64,
         offset: u64,
         mut add: impl FnMut(u64, &DirEntry) -> bool,
     ) -> OpResult<()> {
-        let handle = self.handles.dir(fh).ok_or(Errno::EBADF)?;
-        let dev = handle.inode.key.dev;
-        let mut stream = handle.stream.lock();
-        stream.seek(offset);
-        let mut resume = offset;
-        while let Some(entry) = stream.next_entry().map_err(errno)? {
-            let nodeid = if entry.name.as_bytes() == b"." {
-                handle.inode.nodeid
-            } else {
-                self.inodes.nodeid_for(InodeKey {
-                    dev,
-                    ino: entry.ino,
-                })
-            };
-            if add(nodeid, &entry) {
-                stream.rewind_to(resume);
-                break;
+        self.with_stream(nodeid, fh, offset, |dir, stream| {
+            let mut resume = offset;
+            while let Some(entry) = stream.next_entry().map_err(errno)? {
+                let nodeid = if entry.name.as_bytes() == b"." {
+                    dir.nodeid
+                } else {
+                    self.inodes.nodeid_for(InodeKey {
+                        dev: dir.key.dev,
+                        ino: entry.ino,
+                    })
+                };
+                if add(nodeid, &entry) {
+                    stream.rewind_to(resume);
+                    return Ok(false);
+                }
+                resume = entry.next_offset;
             }
-            resume = entry.next_offset;
-        }
-        Ok(())
+            Ok(true)
+        })
     }
 
     /// Like [`Overlay::readdir`], but hands each entry over interned, with its attributes,
@@ -543,46 +578,45 @@ impl Overlay {
     /// interning fails otherwise (EMFILE) the reply ends early, or fails if it is empty.
     pub fn readdirplus(
         &self,
+        nodeid: u64,
         fh: u64,
         offset: u64,
         mut add: impl FnMut(&DirEntry, &Entry) -> bool,
     ) -> OpResult<()> {
-        let handle = self.handles.dir(fh).ok_or(Errno::EBADF)?;
-        let dir = &handle.inode;
-        let mut stream = handle.stream.lock();
-        stream.seek(offset);
-        let mut resume = offset;
-        let mut added = 0usize;
-        while let Some(entry) = stream.next_entry().map_err(errno)? {
-            let dot = matches!(entry.name.as_bytes(), b"." | b"..");
-            let found = if dot {
-                self.dot_entry(dir, &entry)
-            } else {
-                self.entry_at(dir, &entry.name)
-            };
-            let found = match found {
-                Ok(found) => found,
-                Err(e) if e.code() == libc::ENOENT => {
-                    resume = entry.next_offset;
-                    continue;
-                }
-                Err(_) if added > 0 => {
+        self.with_stream(nodeid, fh, offset, |dir, stream| {
+            let mut resume = offset;
+            let mut added = 0usize;
+            while let Some(entry) = stream.next_entry().map_err(errno)? {
+                let dot = matches!(entry.name.as_bytes(), b"." | b"..");
+                let found = if dot {
+                    self.dot_entry(dir, &entry)
+                } else {
+                    self.entry_at(dir, &entry.name)
+                };
+                let found = match found {
+                    Ok(found) => found,
+                    Err(e) if e.code() == libc::ENOENT => {
+                        resume = entry.next_offset;
+                        continue;
+                    }
+                    Err(_) if added > 0 => {
+                        stream.rewind_to(resume);
+                        return Ok(false);
+                    }
+                    Err(e) => return Err(e),
+                };
+                if add(&entry, &found) {
+                    if !dot {
+                        self.inodes.forget(found.inode.nodeid, 1);
+                    }
                     stream.rewind_to(resume);
-                    break;
+                    return Ok(false);
                 }
-                Err(e) => return Err(e),
-            };
-            if add(&entry, &found) {
-                if !dot {
-                    self.inodes.forget(found.inode.nodeid, 1);
-                }
-                stream.rewind_to(resume);
-                break;
+                added += 1;
+                resume = entry.next_offset;
             }
-            added += 1;
-            resume = entry.next_offset;
-        }
-        Ok(())
+            Ok(true)
+        })
     }
 
     /// `.` or `..` for readdirplus: the kernel does not link these, so no lookup is taken;
@@ -607,7 +641,14 @@ impl Overlay {
         self.handles.remove_dir(fh).map(drop).ok_or(Errno::EBADF)
     }
 
-    pub fn fsyncdir(&self, fh: u64, datasync: bool) -> OpResult<()> {
+    /// fsync of directory handle `fh`, or of directory `nodeid` when the kernel sent no
+    /// OPENDIR (`fh` 0).
+    pub fn fsyncdir(&self, nodeid: u64, fh: u64, datasync: bool) -> OpResult<()> {
+        if fh == 0 {
+            let dir = self.dir_stream(&*self.inode(nodeid)?)?;
+            let fd = unsafe { BorrowedFd::borrow_raw(dir.as_raw_fd()) };
+            return sys::fsync(fd, datasync).map_err(errno);
+        }
         let handle = self.handles.dir(fh).ok_or(Errno::EBADF)?;
         let stream = handle.stream.lock();
         let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
@@ -724,7 +765,7 @@ fn timespec(time: Option<TimeOrNow>) -> libc::timespec {
 
 #[cfg(test)]
 mod tests {
-    use std::ffi::OsStr;
+    use std::ffi::{OsStr, OsString};
     use std::os::fd::AsFd;
 
     use super::*;
@@ -858,7 +899,7 @@ mod tests {
         let fh = overlay.opendir(ROOT_ID).unwrap();
         let mut seen = Vec::new();
         overlay
-            .readdirplus(fh, 0, |entry, found| {
+            .readdirplus(ROOT_ID, fh, 0, |entry, found| {
                 if seen.len() == 4 {
                     return true;
                 }
@@ -880,13 +921,88 @@ mod tests {
         assert_eq!(overlay.inodes().count(), 3, "the root and the two that fit");
         let mut rest = Vec::new();
         overlay
-            .readdirplus(fh, 0, |entry, _| {
+            .readdirplus(ROOT_ID, fh, 0, |entry, _| {
                 rest.push(entry.name.clone());
                 false
             })
             .unwrap();
         assert_eq!(rest.len(), 5, "a fresh read sees every name");
         overlay.releasedir(fh).unwrap();
+    }
+
+    /// One batch of a listing without OPENDIR, as the kernel asks for it: from `offset`,
+    /// at most `room` entries. Returns the names and the cookie to continue from.
+    fn batch(overlay: &Overlay, offset: u64, room: usize) -> (Vec<OsString>, u64) {
+        let (mut names, mut next) = (Vec::new(), offset);
+        overlay
+            .readdir(ROOT_ID, 0, offset, |_, entry| {
+                if names.len() == room {
+                    return true;
+                }
+                names.push(entry.name.clone());
+                next = entry.next_offset;
+                false
+            })
+            .unwrap();
+        (names, next)
+    }
+
+    #[test]
+    fn listings_without_opendir_continue_where_their_batch_stopped_and_keep_nothing_at_the_end() {
+        let (tmp, overlay) = overlay();
+        for i in 0..50 {
+            std::fs::write(tmp.path().join(format!("f{i}")), "x").unwrap();
+        }
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        let (mut at_first, mut at_second) = (0, 0);
+        loop {
+            // Two listings of one directory, interleaved, in batches of different sizes.
+            let (names, next) = batch(&overlay, at_first, 7);
+            let first_done = names.is_empty();
+            first.extend(names);
+            at_first = next;
+            let (names, next) = batch(&overlay, at_second, 3);
+            let second_done = names.is_empty();
+            second.extend(names);
+            at_second = next;
+            if first_done && second_done {
+                break;
+            }
+        }
+        for listing in [&mut first, &mut second] {
+            listing.sort();
+            let before = listing.len();
+            listing.dedup();
+            assert_eq!(listing.len(), before, "no name twice");
+            assert_eq!(listing.len(), 52, "50 files, . and ..");
+        }
+        assert_eq!(
+            overlay.handles.parked_count(),
+            0,
+            "finished listings park nothing"
+        );
+
+        // A name unlinked between batches is not listed by later ones, though the C
+        // library read all 52 names into its buffer for the first batch.
+        let (names, next) = batch(&overlay, 0, 10);
+        std::fs::remove_file(tmp.path().join("f49")).unwrap();
+        let mut rest = Vec::new();
+        let mut at = next;
+        loop {
+            let (more, next) = batch(&overlay, at, 10);
+            if more.is_empty() {
+                break;
+            }
+            rest.extend(more);
+            at = next;
+        }
+        let listed_first = names.iter().any(|n| n == "f49");
+        assert!(
+            !rest.iter().any(|n| n == "f49"),
+            "f49 listed after its unlink"
+        );
+        let expected = if listed_first { 52 } else { 51 };
+        assert_eq!(names.len() + rest.len(), expected);
     }
 
     #[test]

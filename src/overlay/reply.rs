@@ -12,6 +12,7 @@ use fuser::{
 
 use super::handles;
 use super::passthrough::{Entry, OpResult, Overlay, Xattr};
+use super::placeholders;
 
 /// How long the kernel may trust a name -> inode answer and an inode's attributes.
 ///
@@ -71,6 +72,19 @@ pub fn reply_entry(reply: ReplyEntry, result: OpResult<Entry>) {
         ),
         Err(e) => reply.error(e),
     }
+}
+
+/// Answers a LOOKUP that found nothing with a negative entry (nodeid 0): the kernel then
+/// keeps the absence for the entry TTL and asks again only once that passes, or once a
+/// create or rename through this mount has put something there. Only for names no lease
+/// covers: a managed name's LOOKUP is what claims it and records its absence.
+pub fn reply_absent(reply: ReplyEntry) {
+    if is_shared() {
+        return reply.error(Errno::ENOENT);
+    }
+    // The kernel reads nothing of a negative entry but its nodeid and TTL.
+    let nothing = placeholders::attr(0, 0, 0);
+    reply.entry(&entry_ttl(), &nothing, Generation(0));
 }
 
 pub fn reply_empty(reply: ReplyEmpty, result: OpResult<()>) {
