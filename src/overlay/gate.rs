@@ -585,6 +585,24 @@ impl Gate {
             .then_some(from)
     }
 
+    /// A read open by `caller` was granted `held`: when its process saved through a handle
+    /// whose close(2) came before this open but whose release has not been processed yet,
+    /// this load starts the holder's next cycle, and that handle's commit must not hand
+    /// the file to a waiter (`Outcome::Reloaded`). Called as soon as the grant arrives,
+    /// before the open itself, so that a release processed meanwhile on another thread
+    /// sees the mark.
+    pub fn loading(&self, held: &Held, caller: Caller) {
+        for saved in self.handle_leases.lock().values_mut() {
+            if saved.writes
+                && saved.held.grant.lease == held.grant.lease
+                && saved.held.holder == held.holder
+                && saved.closed_at.is_some_and(|closed| closed < caller.unique)
+            {
+                saved.reloaded = true;
+            }
+        }
+    }
+
     /// Records the lease an open handle holds until its release.
     pub fn opened(
         &self,
@@ -600,19 +618,7 @@ impl Gate {
             self.note_write(held.holder, &held.key, handle.inode.key.ino);
         }
         let before = fingerprint(handle);
-        let mut leases = self.handle_leases.lock();
-        if !writes {
-            for saved in leases.values_mut() {
-                if saved.writes
-                    && saved.held.grant.lease == held.grant.lease
-                    && saved.held.holder == held.holder
-                    && saved.closed_at.is_some_and(|closed| closed < caller.unique)
-                {
-                    saved.reloaded = true;
-                }
-            }
-        }
-        leases.insert(
+        self.handle_leases.lock().insert(
             handle.fh,
             HandleLease {
                 held,

@@ -196,6 +196,9 @@ impl Leased {
         }
         let ask = Ask::open(caller, key, intent);
         self.with_lease(ask, reply, move |core, gate, held, reply| {
+            if intent == Intent::Read {
+                gate.loading(&held, caller);
+            }
             // A retried read whose name was replaced again meanwhile (a blind save went
             // ahead out of turn) opens the version the kernel found, as natively: the
             // kernel retries only once, and that version is complete. Its cycle's save
