@@ -553,15 +553,7 @@ impl Overlay {
         self.with_stream(nodeid, fh, offset, |dir, stream| {
             let mut resume = offset;
             while let Some(entry) = stream.next_entry().map_err(errno)? {
-                let nodeid = if entry.name.as_bytes() == b"." {
-                    dir.nodeid
-                } else {
-                    self.inodes.nodeid_for(InodeKey {
-                        dev: dir.key.dev,
-                        ino: entry.ino,
-                    })
-                };
-                if add(nodeid, &entry) {
+                if add(self.nodeid_of_entry(dir, &entry), &entry) {
                     stream.rewind_to(resume);
                     return Ok(false);
                 }
@@ -623,18 +615,23 @@ impl Overlay {
     /// only the number matters (the same one plain readdir reports).
     fn dot_entry(&self, dir: &Arc<Inode>, entry: &DirEntry) -> OpResult<Entry> {
         let st = sys::fstat(self.path_fd(dir)?.as_fd()).map_err(errno)?;
-        let nodeid = if entry.name.as_bytes() == b"." {
+        Ok(Entry {
+            attr: to_file_attr(self.nodeid_of_entry(dir, entry), &st),
+            inode: Arc::clone(dir),
+        })
+    }
+
+    /// The nodeid a listing of `dir` reports for `entry`: `dir` itself for `.`, else the
+    /// one the entry's inode number maps to.
+    fn nodeid_of_entry(&self, dir: &Inode, entry: &DirEntry) -> u64 {
+        if entry.name.as_bytes() == b"." {
             dir.nodeid
         } else {
             self.inodes.nodeid_for(InodeKey {
                 dev: dir.key.dev,
                 ino: entry.ino,
             })
-        };
-        Ok(Entry {
-            attr: to_file_attr(nodeid, &st),
-            inode: Arc::clone(dir),
-        })
+        }
     }
 
     pub fn releasedir(&self, fh: u64) -> OpResult<()> {
@@ -644,15 +641,14 @@ impl Overlay {
     /// fsync of directory handle `fh`, or of directory `nodeid` when the kernel sent no
     /// OPENDIR (`fh` 0).
     pub fn fsyncdir(&self, nodeid: u64, fh: u64, datasync: bool) -> OpResult<()> {
+        let fsync = |stream: &DirStream| {
+            let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+            sys::fsync(fd, datasync).map_err(errno)
+        };
         if fh == 0 {
-            let dir = self.dir_stream(&*self.inode(nodeid)?)?;
-            let fd = unsafe { BorrowedFd::borrow_raw(dir.as_raw_fd()) };
-            return sys::fsync(fd, datasync).map_err(errno);
+            return fsync(&self.dir_stream(&*self.inode(nodeid)?)?);
         }
-        let handle = self.handles.dir(fh).ok_or(Errno::EBADF)?;
-        let stream = handle.stream.lock();
-        let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
-        sys::fsync(fd, datasync).map_err(errno)
+        fsync(&self.handles.dir(fh).ok_or(Errno::EBADF)?.stream.lock())
     }
 
     pub fn statfs(&self, nodeid: u64) -> OpResult<libc::statvfs64> {
