@@ -97,10 +97,15 @@ pub trait Frontend<K>: Send + Sync {
     /// The file's name for people (logs, status).
     fn describe(&self, key: &K) -> String;
     /// `process` exited: the files it wrote beside the files it held (temp files of its
-    /// cycles), each still under the name it wrote. The front end forgets the process.
+    /// cycles), each still under the name it wrote. An exit can be reported twice at once
+    /// (the pidfd watch, and a request that found the holder dead), and whichever report
+    /// takes the engine first ties the temp files: so every report must get them, and the
+    /// front end keeps them until [`Frontend::forget`].
     fn exited(&self, _process: ProcessId) -> Vec<K> {
         Vec::new()
     }
+    /// The exit of `process` has been dealt with: the front end forgets the process.
+    fn forget(&self, _process: ProcessId) {}
     /// The lease of `holder` on `key` was revoked (it is logged already).
     fn revoked(&self, _key: &K, _holder: ProcessId, _reason: EndReason) {}
     /// Whether the file is there (a file gone needs no cluster-wide generation).
@@ -550,6 +555,9 @@ impl<K: Key> Driver<K> {
             events::holder_died_mid_cycle(&self.describe(key), process, Some(&command), reason);
         }
         self.processes.forget(process);
+        if let Some(frontend) = self.frontend() {
+            frontend.forget(process);
+        }
         self.wake_timer();
         self.execute(actions);
     }
