@@ -815,7 +815,6 @@ pub fn intent_of_open(flags: i32) -> Intent {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::BorrowedFd;
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
@@ -825,16 +824,12 @@ mod tests {
     /// the holder dead), and the one that takes the engine first ties the process's temp
     /// files to its cycles: both must get them. When the first report to ask took them
     /// away, a shell's `awk f > f.tmp` could exit with its temp untied, the next script's
-    /// `> f.tmp` truncated it, and the shell's `mv` was refused (S15, about 1 run in 70
+    /// `> f.tmp` truncated it, and the shell's `mv` was refused (S15, 1 run in 70 to 90
     /// under load).
     #[test]
     fn every_report_of_an_exit_gets_the_temp_files_until_the_exit_is_dealt_with() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = sys::cstr(tmp.path().as_os_str()).unwrap();
-        let cwd = unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) };
-        let root = sys::openat(cwd, &path, libc::O_PATH | libc::O_DIRECTORY, 0).unwrap();
-        let core = Arc::new(Overlay::new(root, 64).unwrap());
-        let gate = Gate::start(core, Policy::default(), None, None).unwrap();
+        let (tmp, core) = crate::overlay::passthrough::tests::overlay();
+        let gate = Gate::start(Arc::new(core), Policy::default(), None, None).unwrap();
         std::fs::write(tmp.path().join("store.txt.tmp"), "x").unwrap();
         let ino = std::fs::metadata(tmp.path().join("store.txt.tmp"))
             .unwrap()

@@ -760,7 +760,7 @@ fn timespec(time: Option<TimeOrNow>) -> libc::timespec {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::ffi::{OsStr, OsString};
     use std::os::fd::AsFd;
 
@@ -773,7 +773,8 @@ mod tests {
         unique: 0,
     };
 
-    fn overlay() -> (tempfile::TempDir, Overlay) {
+    /// An overlay on a fresh temp dir (for tests here and in the lease layer).
+    pub(crate) fn overlay() -> (tempfile::TempDir, Overlay) {
         let tmp = tempfile::tempdir().unwrap();
         let cpath = sys::cstr(tmp.path().as_os_str()).unwrap();
         let cwd = unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) };
